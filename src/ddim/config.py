@@ -1,0 +1,265 @@
+"""Scheduler configuration that behaves like diffusers' ``FrozenDict`` / ``ConfigMixin``.
+
+The configuration of a scheduler is exactly its constructor's arguments. It is stored in
+``scheduler.config`` (an ordered mapping with attribute access), written to and read from
+``scheduler_config.json`` in the format diffusers uses, so configs move freely between diffusers
+and this package. No diffusers import is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+CONFIG_NAME = "scheduler_config.json"
+#: The diffusers release whose behaviour and file format this package reproduces.
+DIFFUSERS_COMPAT_VERSION = "0.42.1"
+#: Keys of a config file that carry metadata rather than constructor arguments.
+METADATA_KEYS = ("_class_name", "_diffusers_version", "_use_default_values")
+
+
+class FrozenConfig(OrderedDict):  # type: ignore[type-arg,unused-ignore]
+    """An ordered mapping with attribute access whose items cannot be changed.
+
+    Like diffusers' ``FrozenDict``: item mutation raises, while assigning an attribute
+    (``config.clip_sample = False``) changes what attribute access returns, because
+    diffusers' own guard never triggers and pipelines rely on that. Schedulers read their
+    settings through attribute access at call time, so such an assignment takes effect.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_FrozenConfig__sealed", True)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} items cannot be changed; build a new config with from_config")
+
+    __delitem__ = _refuse
+    setdefault = _refuse
+    pop = _refuse
+    popitem = _refuse
+    update = _refuse
+    clear = _refuse
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if getattr(self, "_FrozenConfig__sealed", False):
+            self._refuse()
+        super().__setitem__(key, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (list(self.items()),), dict(self.__dict__))
+
+    def __copy__(self) -> FrozenConfig:
+        clone = type(self)(self.items())
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenConfig:
+        import copy
+
+        clone = type(self)(copy.deepcopy(list(self.items()), memo))
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+
+def json_value(value: Any) -> Any:
+    """A config value as JSON can hold it (arrays and tensors become lists, paths strings)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a ``scheduler_config.json``; raise ``ValueError`` naming the file if it is not a JSON object."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"cannot read scheduler config {os.fspath(path)!r}: {error}") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"scheduler config {os.fspath(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"scheduler config {os.fspath(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def resolve_config_path(path: str | os.PathLike[str], subfolder: str | None = None) -> Path:
+    """The ``scheduler_config.json`` for a file, a folder, or a folder's ``subfolder``."""
+    base = Path(path)
+    if subfolder:
+        base = base / subfolder
+    if base.is_file():
+        return base
+    candidate = base / CONFIG_NAME
+    if candidate.is_file():
+        return candidate
+    raise ValueError(
+        f"no {CONFIG_NAME} found at {os.fspath(base)!r}; pass a local folder holding it, "
+        "or the file itself (hub downloads are not supported)"
+    )
+
+
+S = TypeVar("S", bound="ConfigMixin")
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def records_config(init: F) -> F:
+    """Decorate ``__init__`` so its arguments (defaults filled in) become the instance's config.
+
+    The names of arguments left at their defaults are kept in ``_use_default_values``, as diffusers
+    does; ``from_config`` drops those keys so that another class applies its own defaults.
+    """
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: ConfigMixin, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        passed = set(bound.arguments) - {"self"}
+        bound.apply_defaults()
+        values = {k: v for k, v in bound.arguments.items() if k != "self"}
+        defaults = [k for k in values if k not in passed]
+        self.register_to_config(**values, _use_default_values=defaults)
+        init(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ConfigMixin:
+    """Config storage, ``from_config``, ``save_config``/``save_pretrained`` and ``from_pretrained``."""
+
+    config_name = CONFIG_NAME
+    _internal_dict: FrozenConfig
+
+    @property
+    def config(self) -> FrozenConfig:
+        """The constructor arguments (and metadata), read by the scheduler at call time."""
+        return self._internal_dict
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Add or replace config entries (a new frozen mapping replaces the old one)."""
+        current = self.__dict__.get("_internal_dict", {})
+        merged = dict(current)
+        merged.update(kwargs)
+        self._internal_dict = FrozenConfig(merged)
+
+    def __getattr__(self, name: str) -> Any:
+        config = self.__dict__.get("_internal_dict")
+        if config is not None and name in config:
+            warnings.warn(
+                f"accessing config attribute {name!r} on the scheduler is deprecated; use scheduler.config.{name}",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return config[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def init_keys(cls) -> list[str]:
+        """The constructor's parameter names, in order."""
+        return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+
+    @classmethod
+    def from_config(
+        cls: type[S],
+        config: Mapping[str, Any] | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
+    ) -> S | tuple[S, dict[str, Any]]:
+        """Build a scheduler from a config mapping (a dict, a diffusers ``FrozenDict`` or ours).
+
+        Keyword arguments override config entries. As in diffusers, keys listed in
+        ``_use_default_values`` take this class's defaults and metadata keys (``_class_name``,
+        ``_diffusers_version``) are not constructor arguments. Keys this class does not know (for
+        example ``skip_prk_steps`` of a PNDM config) are ignored with one warning and kept in the
+        new config, as diffusers keeps them.
+        """
+        if config is None:
+            config = {}
+        if hasattr(config, "config") and not isinstance(config, Mapping):
+            config = config.config
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        used_defaults = set(config.get("_use_default_values", []) or [])
+        source = {k: v for k, v in config.items() if k not in used_defaults and k != "_use_default_values"}
+        keys = cls.init_keys()
+        init_dict: dict[str, Any] = {}
+        for key in keys:
+            if key in kwargs:
+                init_dict[key] = kwargs.pop(key)
+            elif key in source:
+                init_dict[key] = source[key]
+        foreign = {k: v for k, v in source.items() if k not in init_dict and not k.startswith("_") and k not in keys}
+        if foreign:
+            warnings.warn(
+                f"config keys {sorted(foreign)} are not arguments of {cls.__name__} and are ignored",
+                UserWarning,
+                stacklevel=2,
+            )
+        instance = cls(**init_dict)
+        hidden = {k: v for k, v in source.items() if k not in init_dict and k not in keys}
+        if hidden:
+            instance.register_to_config(**hidden)
+        if return_unused_kwargs:
+            return instance, dict(kwargs)
+        return instance
+
+    def to_json_string(self) -> str:
+        """The config as diffusers writes it: sorted keys, ``_class_name`` and ``_diffusers_version``."""
+        data = {k: json_value(v) for k, v in self.config.items() if k not in ("_use_default_values", "_ignore_files")}
+        data["_class_name"] = type(self).__name__
+        data["_diffusers_version"] = DIFFUSERS_COMPAT_VERSION
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def save_config(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write ``scheduler_config.json`` into ``save_directory`` (created if needed)."""
+        if push_to_hub:
+            raise ValueError("push_to_hub=True is not supported: this package never contacts a hub")
+        folder = Path(save_directory)
+        if folder.is_file():
+            raise ValueError(f"save_directory={os.fspath(folder)!r} is a file; pass a directory")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.config_name).write_text(self.to_json_string(), encoding="utf-8")
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Alias of :meth:`save_config`, as for diffusers schedulers."""
+        self.save_config(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    @classmethod
+    def load_config(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], subfolder: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Read a config from a local file or folder (``subfolder`` as in diffusers)."""
+        return read_config_file(resolve_config_path(pretrained_model_name_or_path, subfolder))
+
+    @classmethod
+    def from_pretrained(
+        cls: type[S],
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
+    ) -> S | tuple[S, dict[str, Any]]:
+        """Load a scheduler from a local ``scheduler_config.json`` (a file, a folder, or a folder's subfolder)."""
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
