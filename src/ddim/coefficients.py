@@ -85,7 +85,8 @@ def step_coefficients(
     """
     a, ap = alpha_t, alpha_t_prev
     sa, sb, sap = a.sqrt(), (1 - a).sqrt(), ap.sqrt()
-    std = eta * ddim_variance(a, ap).sqrt()
+    # eta = 0 needs no variance, which is undefined at abar_t = 1 (the first step of an inversion).
+    std = eta * ddim_variance(a, ap).sqrt() if eta > 0 else torch.zeros_like(a)
     # With eta <= 1 the radicand is >= 0 in exact arithmetic; clamp rounding-level negatives
     # (e.g. zero terminal SNR at eta = 1), leave a genuinely negative one (eta > 1) to give NaN.
     radicand = 1 - ap - std**2

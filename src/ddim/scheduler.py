@@ -45,12 +45,14 @@ from ddim.schedules import (
 )
 from ddim.timesteps import (
     TIMESTEP_SPACINGS,
+    as_timestep_grid,
     check_grid,
     check_num_inference_steps,
     diffusers_prev_timesteps,
+    grid_prev_timesteps,
     spaced_timesteps,
 )
-from ddim.update import X0Transform, compute_dtype, ddim_update
+from ddim.update import CoefficientGather, Coefficients, X0Transform, compute_dtype, ddim_update
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 #: Names of the diffusers schedulers whose configs are interchangeable with this one.
@@ -112,13 +114,34 @@ class DDIMStepping:
     output_class: Any = DDIMSchedulerOutput
 
     # ----------------------------------------------------------------- timesteps
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    ) -> None:
         """Choose the N sampling timesteps (descending ``timesteps``) and tabulate the step coefficients.
 
         Grid: see :func:`ddim.timesteps.spaced_timesteps`; each step lands on ``t - T // N``
-        (diffusers' rule). Raises ``ValueError`` for N outside 1..T or a grid that leaves [0, T).
+        (diffusers' rule) unless ``config.prev_timestep_from_grid`` is set or the spacing is
+        ``quadratic``: then it lands on the next grid point, the last on the final alpha.
+        ``timesteps`` (not in diffusers' DDIM; what ``retrieve_timesteps`` looks for) is a custom
+        strictly decreasing grid in [0, T), stepped grid point to grid point; ``num_inference_steps``
+        is then optional (if given it must equal its length). Raises ``ValueError`` for N outside
+        1..T or a grid that leaves [0, T).
         """
         total = int(self.config.num_train_timesteps)
+        if timesteps is not None:
+            custom = as_timestep_grid(timesteps, total)
+            if num_inference_steps is not None and num_inference_steps != len(custom):
+                raise ValueError(
+                    f"num_inference_steps={num_inference_steps!r} does not match the {len(custom)} custom timesteps; "
+                    "pass only timesteps, or num_inference_steps equal to their number"
+                )
+            self.install_grid(custom, grid_prev_timesteps(custom, total), len(custom), device)
+            return
+        if num_inference_steps is None:
+            raise ValueError("set_timesteps needs num_inference_steps or timesteps; both are None")
         n = check_num_inference_steps(num_inference_steps, total)
         spacing = self.config.timestep_spacing
         check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
@@ -130,8 +153,20 @@ class DDIMStepping:
                 f"[0, num_train_timesteps={total}); use fewer steps or a smaller steps_offset"
             )
         check_grid(grid, total)
-        prev = diffusers_prev_timesteps(np.arange(total, dtype=np.int64), total, n)
+        if spacing == "quadratic" or self.config.get("prev_timestep_from_grid", False):
+            prev = grid_prev_timesteps(grid, total)
+        else:
+            prev = diffusers_prev_timesteps(np.arange(total, dtype=np.int64), total, n)
         self.install_grid(grid, prev, n, device)
+
+    def previous_timestep(self, timestep: int) -> int:
+        """The timestep a step from ``timestep`` lands on under the current grid (-1: the final alpha)."""
+        if self.num_inference_steps is None:
+            raise ValueError("previous_timestep() called before set_timesteps()")
+        total = len(self._prev_timesteps)
+        if isinstance(timestep, bool) or not 0 <= int(timestep) < total:
+            raise ValueError(f"timestep={timestep!r} is out of range; allowed values are 0..{total - 1}")
+        return max(int(self._prev_timesteps[int(timestep)]), -1)  # diffusers' rule gives any negative number
 
     def install_grid(
         self, grid: np.ndarray, prev_timesteps: np.ndarray, num_inference_steps: int, device: str | torch.device | None
@@ -244,9 +279,10 @@ class DDIMStepping:
 
     def _coefficients(
         self, timestep: Timestep, sample: torch.Tensor, eta: float, use_clipped: bool, transform: X0Transform
-    ) -> tuple[Sequence[float | torch.Tensor], UpdateTerms]:
-        """The coefficient row(s) for ``timestep``: Python floats for a host timestep, else device tensors."""
-        total = len(self._prev_timesteps)
+    ) -> tuple[Coefficients, UpdateTerms]:
+        """The coefficient row(s) for ``timestep``: six Python floats for a host timestep, else a
+        :class:`ddim.update.CoefficientGather` of device rows (a (b, 6) tensor while compiling)."""
+        total = self._prev_timesteps.shape[0]
         key = self._table_key(eta, use_clipped, transform)
         if isinstance(timestep, torch.Tensor):
             if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
@@ -266,7 +302,6 @@ class DDIMStepping:
             if on_host:
                 self._check_timestep_values(timestep, total)
             # index_select, not table[index]: indexing with a 0-dim tensor reads its value on the host.
-            index = timestep.to(sample.device).clamp(-1, total).reshape(-1) % (total + 2)
             dtype = compute_dtype(sample.dtype)
             prediction_type, transforms_x0, use_clipped_x0, _ = key
             terms = update_terms(prediction_type, transforms_x0, use_clipped_x0)
@@ -276,15 +311,13 @@ class DDIMStepping:
                 pairs = self._tables.get(("pairs", sample.device))
                 if pairs is None:
                     pairs = self._tables[("pairs", torch.device("cpu"))].to(sample.device)
-                gathered = pairs.index_select(0, index)
+                gathered = CoefficientGather(pairs, timestep.to(sample.device)).rows()
                 rows = step_coefficients(
                     gathered[..., 0], gathered[..., 1], eta, prediction_type, transforms_x0, use_clipped_x0
                 ).to(dtype)
-            else:
-                rows = self._device_table(key, sample.device, dtype).index_select(0, index)
-            if timestep.ndim == 1:
-                return rows.reshape(rows.shape[0], rows.shape[1], *([1] * (sample.ndim - 1))).unbind(1), terms
-            return rows[0].unbind(0), terms
+                return rows, terms
+            # Gathered where used (in the fused kernel on CUDA): no value is read on the host.
+            return CoefficientGather(self._device_table(key, sample.device, dtype), timestep.to(sample.device)), terms
         if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)):
             raise TypeError(
                 f"timestep must be an int, a numpy integer or an integer tensor, got {timestep!r} "
@@ -361,7 +394,9 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
     """Denoising Diffusion Implicit Models sampler (Song, Meng & Ermon, arXiv 2010.02502).
 
     Same constructor, attributes and numbers as diffusers' ``DDIMScheduler`` (0.42.1); see
-    ``shared/spec/ddim-scheduler.md`` and the README for the meaning of each argument.
+    ``shared/spec/ddim-scheduler.md`` and the README for the meaning of each argument. One more
+    argument, after diffusers' 15: ``prev_timestep_from_grid`` (default False, diffusers' numbers):
+    each step lands on the next grid point instead of ``t - T // N``, the last on the final alpha.
     """
 
     _compatibles = list(COMPATIBLE_SCHEDULER_NAMES)
@@ -386,6 +421,7 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
         sample_max_value: float = 1.0,
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
+        prev_timestep_from_grid: bool = False,
     ) -> None:
         check_type("num_train_timesteps", num_train_timesteps, (int, np.integer), "a positive int")
         if num_train_timesteps < 1:
@@ -403,6 +439,7 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
             ("set_alpha_to_one", set_alpha_to_one),
             ("thresholding", thresholding),
             ("rescale_betas_zero_snr", rescale_betas_zero_snr),
+            ("prev_timestep_from_grid", prev_timestep_from_grid),
         ):
             check_type(name, flag, bool, "a bool (True or False)")
         check_type("steps_offset", steps_offset, (int, np.integer), "an int")

@@ -1,21 +1,41 @@
 """The DDIM update applied to tensors, given one row of folded coefficients.
 
-See :mod:`ddim.coefficients` for the algebra. Coefficients are either Python floats (a Python-int
-timestep: no device tensors are created for them) or tensors gathered from a device table (a tensor
-timestep: no value is read on the host, so no device synchronisation). Half-precision inputs are
-computed in float32 and returned in their own dtype.
+See :mod:`ddim.coefficients` for the algebra: with the six folded coefficients of a timestep,
+
+    x0     = transform(X0_X * x + X0_M * m)                      (transform: clip or threshold)
+    x_prev = PREV_X * x + PREV_M * m + PREV_X0 * x0 + STD * z   (only structurally non-zero terms)
+
+Eager operations (CPU, or CUDA without Triton): 2 for x0 (0 for sample prediction), 1 in-place
+clip, then one per x_prev term: 4 in the plain configuration, 5 with clipping, +1 with noise. On
+the CPU, tensors larger than the caches are processed in chunks so that the intermediate passes stay
+in cache and each tensor crosses memory once. (A ``torch.compile``'d CPU version was measured and
+does not win: see the README, section "performance".) On CUDA one Triton kernel does the whole step
+(:mod:`ddim.kernels`) when Triton is installed.
+
+Coefficients are Python floats (host timestep: no device tensor is made for them), a (6,) / (B, 6)
+tensor (traced under ``torch.compile``), or a :class:`CoefficientGather` (device timestep: the rows
+are picked on the device, nothing is read on the host). Half-precision inputs are computed in float32
+with float64-derived coefficients and returned in their own dtype.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ddim.coefficients import PREV_M, PREV_X, PREV_X0, STD, X0_M, X0_X, UpdateTerms
+from ddim.coefficients import NUM_COLUMNS, PREV_M, PREV_X, PREV_X0, STD, X0_M, X0_X, UpdateTerms
+from ddim.kernels.hugepages import empty_cpu
 
 Coefficient = float | torch.Tensor
+
+#: Elements above which a CPU update is processed in cache-sized chunks.
+CPU_CHUNK_THRESHOLD = 1 << 21
+#: Elements per chunk: at most torch's parallel grain (32768), so each operation runs on one thread; a
+#: chunk loop of multi-threaded operations stalls at every barrier when the cores are oversubscribed.
+CPU_CHUNK = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -31,19 +51,44 @@ class X0Transform:
         return self.clip_range is not None or self.threshold_ratio is not None
 
 
+@dataclass(frozen=True)
+class CoefficientGather:
+    """Rows of a device coefficient table picked by a device timestep tensor, gathered where they are used.
+
+    ``table`` is (T + 2, 6) with NaN rows at index T and -1; ``timestep`` is 0-dim or (B,), on the
+    table's device. A value outside [0, T) selects a NaN row. Nothing is read on the host.
+    """
+
+    table: torch.Tensor
+    timestep: torch.Tensor
+
+    def rows(self) -> torch.Tensor:
+        """(1, 6) or (B, 6): the selected rows (index_select: indexing with a 0-dim tensor would sync)."""
+        total = self.table.shape[0] - 2
+        index = self.timestep.clamp(-1, total).reshape(-1) % (total + 2)
+        return self.table.index_select(0, index)
+
+
+Coefficients = Sequence[Coefficient] | torch.Tensor | CoefficientGather
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half-precision inputs, the input dtype otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Dynamic thresholding (Imagen, arXiv 2205.11487, sec. 2.3).
-
-    s = clamp(quantile(|x0|, ratio) per batch row, 1, max_value); x0 <- clamp(x0, -s, s) / s.
-    """
+def threshold_scale(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Per batch row s = clamp(quantile(|x0|, ratio), 1, max_value), shape (B,) (Imagen, arXiv 2205.11487, 2.3)."""
     flat = x0.reshape(x0.shape[0], -1)
     work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-    s = torch.quantile(work.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return torch.quantile(work.abs(), ratio, dim=1).clamp(min=1, max=max_value)
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding (Imagen, arXiv 2205.11487, sec. 2.3): x0 <- clamp(x0, -s, s) / s, s per row."""
+    s = threshold_scale(x0, ratio, max_value).unsqueeze(1)
+    flat = x0.reshape(x0.shape[0], -1)
+    work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
     return (torch.clamp(work, -s, s) / s).to(x0.dtype).reshape(x0.shape)
 
 
@@ -56,45 +101,176 @@ def transform_x0(x0: torch.Tensor, transform: X0Transform) -> torch.Tensor:
     return x0
 
 
-def accumulate(acc: torch.Tensor | None, coefficient: Coefficient, tensor: torch.Tensor) -> torch.Tensor:
-    """acc + coefficient * tensor, in place on ``acc`` (a tensor this module created) when given."""
-    if acc is None:
-        return tensor * coefficient
+def coefficient_rows(coefficients: Coefficients, like: torch.Tensor) -> torch.Tensor | None:
+    """The coefficients as a (b, 6) tensor on ``like``'s device (b is 1 or the batch size), or ``None``
+    when they are six Python floats (host timestep: no device tensor is made for them)."""
+    if isinstance(coefficients, CoefficientGather):
+        rows = coefficients.rows()
+    elif isinstance(coefficients, torch.Tensor):
+        rows = coefficients
+    elif len(coefficients) != NUM_COLUMNS:
+        raise ValueError(f"coefficients must hold {NUM_COLUMNS} values, got {len(coefficients)}")
+    elif not any(isinstance(c, torch.Tensor) for c in coefficients):
+        return None
+    else:
+        rows = torch.stack([torch.as_tensor(c, device=like.device).reshape(-1) for c in coefficients], dim=-1)
+    if rows.shape[-1] != NUM_COLUMNS or rows.ndim > 2:
+        raise ValueError(f"coefficient rows must have shape (6,) or (B, 6), got {tuple(rows.shape)}")
+    rows = rows.reshape(-1, NUM_COLUMNS)
+    if rows.shape[0] not in (1, like.shape[0]):
+        raise ValueError(f"{rows.shape[0]} coefficient rows for a batch of {like.shape[0]}; need 1 or one per row")
+    return rows.to(device=like.device, dtype=compute_dtype(like.dtype))
+
+
+def broadcast_columns(rows: torch.Tensor, ndim: int) -> Sequence[torch.Tensor]:
+    """The six columns of (b, 6) rows, each shaped (b, 1, ..., 1) to broadcast over a tensor of ``ndim`` dims."""
+    if rows.shape[0] == 1:
+        return rows[0].unbind(0)
+    return rows.reshape(rows.shape[0], NUM_COLUMNS, *([1] * (ndim - 1))).unbind(1)
+
+
+@functools.lru_cache(maxsize=4096)
+def scalar_tensors(values: tuple[float, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """0-dim CPU tensors holding ``values``: a product with one skips wrapping a Python scalar per call."""
+    return tuple(torch.tensor(v, dtype=dtype) for v in values)
+
+
+def scaled(tensor: torch.Tensor, coefficient: Coefficient, out: torch.Tensor | None) -> torch.Tensor:
+    """coefficient * tensor, into ``out`` when given."""
+    if out is None:
+        return tensor.mul(coefficient)
+    return torch.mul(tensor, coefficient, out=out)
+
+
+def accumulate(acc: torch.Tensor, coefficient: Coefficient, tensor: torch.Tensor) -> torch.Tensor:
+    """acc += coefficient * tensor, in place (``acc`` is a tensor this module created)."""
     if isinstance(coefficient, torch.Tensor):
         return acc.addcmul_(tensor, coefficient)
     return acc.add_(tensor, alpha=coefficient)
 
 
+def update_pass(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    z: torch.Tensor | None,
+    c: Sequence[Coefficient],
+    terms: UpdateTerms,
+    transform: X0Transform,
+    x0_out: torch.Tensor | None = None,
+    prev_out: torch.Tensor | None = None,
+    factors: Sequence[Coefficient] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_prev, x0)`` from x, m (and z) in the compute dtype with the fewest eager operations.
+
+    x0 = X0_X x + X0_M m (2 ops; m itself for sample prediction), clipped in place (1 op);
+    x_prev = PREV_X x + PREV_M m + PREV_X0 x0 + STD z, one op per structurally non-zero term.
+    ``x0_out``/``prev_out`` receive the first operation of each (chunked processing); ``factors``
+    (default ``c``) are the same coefficients in the form used by the products that start x0 and x_prev.
+    """
+    f = c if factors is None else factors
+    clip = transform.clip_range
+    if not terms.x0_is_model_output:
+        x0 = accumulate(scaled(x, f[X0_X], x0_out), c[X0_M], m)
+    elif clip is not None:  # clipped into a new tensor: one operation
+        x0 = m.clamp(-clip, clip) if x0_out is None else torch.clamp(m, -clip, clip, out=x0_out)
+        clip = None
+    elif x0_out is not None:
+        x0 = x0_out.copy_(m)
+    else:
+        x0 = m if transform.threshold_ratio is None else m.clone()
+    if transform.threshold_ratio is not None:
+        x0 = x0.contiguous()
+        per_row = x0.view(x0.shape[0], -1)
+        s = threshold_scale(per_row, transform.threshold_ratio, transform.threshold_max).unsqueeze(1)
+        per_row.clamp_(-s, s).div_(s)
+    elif clip is not None:
+        x0.clamp_(-clip, clip)
+    if terms.prev_x:
+        prev = scaled(x, f[PREV_X], prev_out)
+        if terms.prev_m:
+            accumulate(prev, c[PREV_M], m)
+    else:
+        prev = scaled(m, f[PREV_M], prev_out)
+    if terms.prev_x0:
+        accumulate(prev, c[PREV_X0], x0)
+    if z is not None:
+        accumulate(prev, c[STD], z)
+    return prev, x0
+
+
+def torch_update(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    coefficients: Coefficients,
+    terms: UpdateTerms,
+    transform: X0Transform,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pure-torch update. Returns ``(prev_sample, x0)`` in the dtype of ``sample``.
+
+    On the CPU a tensor larger than :data:`CPU_CHUNK_THRESHOLD` elements is processed in chunks of
+    :data:`CPU_CHUNK` so that every intermediate pass stays in cache (one pass over memory per tensor).
+    """
+    rows = coefficient_rows(coefficients, sample)
+    dtype = sample.dtype
+    work = compute_dtype(dtype)
+    c: Sequence[Coefficient]
+    factors: Sequence[Coefficient] | None = None
+    if rows is None:
+        c = coefficients  # type: ignore[assignment]
+        if sample.device.type == "cpu":
+            factors = scalar_tensors(tuple(c), work)
+    else:
+        c = broadcast_columns(rows, sample.ndim)
+    chunked = (
+        sample.device.type == "cpu"
+        and sample.numel() >= CPU_CHUNK_THRESHOLD
+        and (rows is None or rows.shape[0] == 1)
+        and transform.threshold_ratio is None
+        and not torch.compiler.is_compiling()
+    )
+    if not chunked:
+        x = sample if sample.dtype == work else sample.to(work)
+        m = model_output if model_output.dtype == work else model_output.to(work)
+        prev, x0 = update_pass(x, m, noise, c, terms, transform, factors=factors)
+        if work == dtype:
+            return prev, x0
+        return prev.to(dtype), x0.to(dtype)
+    shape = sample.shape
+    x, m = sample.reshape(-1), model_output.reshape(-1)
+    z = noise.reshape(-1) if noise is not None else None
+    direct = work == dtype and model_output.dtype == dtype
+    prev_out, x0_out = empty_cpu(x.shape, dtype), empty_cpu(x.shape, dtype)
+    for lo in range(0, x.numel(), CPU_CHUNK):
+        hi = lo + CPU_CHUNK
+        x_c, m_c = x[lo:hi].to(work), m[lo:hi].to(work)
+        z_c = z[lo:hi] if z is not None else None
+        if direct:
+            update_pass(x_c, m_c, z_c, c, terms, transform, x0_out[lo:hi], prev_out[lo:hi], factors)
+        else:
+            prev_c, x0_c = update_pass(x_c, m_c, z_c, c, terms, transform, factors=factors)
+            prev_out[lo:hi].copy_(prev_c)
+            x0_out[lo:hi].copy_(x0_c)
+    return prev_out.view(shape), x0_out.view(shape)
+
+
 def ddim_update(
     sample: torch.Tensor,
     model_output: torch.Tensor,
-    coefficients: Sequence[Coefficient],
+    coefficients: Coefficients,
     terms: UpdateTerms,
     transform: X0Transform,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> x_prev (DDIM paper, eq. 12) from folded coefficients.
 
-    Returns ``(prev_sample, pred_original_sample)`` in the dtype of ``sample``.
+    ``coefficients``: a (6,) or (B, 6) tensor, a :class:`CoefficientGather`, or six numbers.
+    Returns ``(prev_sample, pred_original_sample)`` in the dtype of ``sample``; one Triton kernel
+    on CUDA when available (:func:`ddim.kernels.fused_update_available`), else the torch path.
     """
-    dtype = sample.dtype
-    work = compute_dtype(dtype)
-    x = sample.to(work)
-    m = model_output.to(work)
-    if terms.x0_is_model_output:
-        x0 = m
-    else:
-        x0 = accumulate(accumulate(None, coefficients[X0_X], x), coefficients[X0_M], m)
-    x0 = transform_x0(x0, transform)
-    prev: torch.Tensor | None = None
-    if terms.prev_x:
-        prev = accumulate(prev, coefficients[PREV_X], x)
-    if terms.prev_m:
-        prev = accumulate(prev, coefficients[PREV_M], m)
-    if terms.prev_x0:
-        prev = accumulate(prev, coefficients[PREV_X0], x0)
-    if noise is not None:
-        prev = accumulate(prev, coefficients[STD], noise.to(work))
-    if prev is None:  # unreachable: every configuration has at least two terms
-        raise RuntimeError("empty DDIM update")
-    return prev.to(dtype), x0.to(dtype)
+    if sample.is_cuda and not torch.compiler.is_compiling():
+        from ddim import kernels
+
+        if kernels.fused_update_available(sample, model_output, noise):
+            return kernels.fused_update(sample, model_output, coefficients, transform, noise)
+    return torch_update(sample, model_output, coefficients, terms, transform, noise)

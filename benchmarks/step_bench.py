@@ -1,0 +1,193 @@
+"""Per-step time of ``ddim.DDIMScheduler.step`` against diffusers' ``DDIMScheduler.step``, side by side.
+
+Both run in this process on the same inputs, repetitions interleaved (ours, diffusers, ours, ...),
+after a warm-up, median per call; on CUDA each repetition ends with a device sync. For eta > 0 both
+get the same ``variance_noise`` (the noise draw is not timed). The timestep is a Python int, or the
+element of ``scheduler.timesteps`` on the device (what pipelines pass: a 0-dim device tensor).
+
+"floor" = bytes a fused step must move (read x_t, the model output and the noise, write x_{t-1} and
+x_0) / the copy bandwidth measured in the same run (preallocated buffers, read + write counted).
+On CUDA, "ours graphed" is our step applied 50 times (tensor timesteps) replayed from one CUDA graph,
+per step.
+
+    python benchmarks/step_bench.py [--quick] [--device cpu|cuda|all] [--out results/step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+import ddim
+from common import (
+    CONFIGS,
+    DTYPES,
+    copy_bandwidth,
+    devices,
+    environment,
+    interleaved_medians,
+    print_table,
+    write_json,
+)
+
+SHAPES: dict[str, tuple[int, ...]] = {
+    "1x4x64x64": (1, 4, 64, 64),
+    "1x4x128x128": (1, 4, 128, 128),
+    "1x16x13x60x90": (1, 16, 13, 60, 90),
+    "256x3x32x32": (256, 3, 32, 32),
+}
+#: Memory-bound sizes: 16.8M elements on the CPU, 134M (8x16x32x128x128) on a GPU.
+MEMORY_BOUND = {"cpu": ("4x4x1024x1024", (4, 4, 1024, 1024)), "cuda": ("8x16x32x128x128", (8, 16, 32, 128, 128))}
+
+
+def make_case(
+    device: torch.device, shape: tuple[int, ...], dtype: torch.dtype, config: dict[str, Any], eta: float, kind: str
+) -> tuple[Any, Any]:
+    """The two step calls (ours, diffusers') for one case, closed over their inputs."""
+    from diffusers import DDIMScheduler as DiffusersDDIM
+
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    m = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    z = torch.randn(shape, generator=g, device=device, dtype=dtype) if eta > 0 else None
+    calls = []
+    for cls in (ddim.DDIMScheduler, DiffusersDDIM):
+        scheduler = cls(**config)
+        scheduler.set_timesteps(50, device=device)
+        t: Any = scheduler.timesteps[10] if kind == "tensor" else int(scheduler.timesteps[10])
+        step = scheduler.step
+
+        def call(step: Any = step, t: Any = t) -> Any:
+            return step(m, t, x, eta=eta, variance_noise=z)
+
+        calls.append(call)
+    return calls[0], calls[1]
+
+
+def graphed_steps(
+    device: torch.device, shape: tuple[int, ...], dtype: torch.dtype, config: dict[str, Any], eta: float
+) -> tuple[Any, int]:
+    """Our step applied ``len(timesteps)`` = 50 times, captured in one CUDA graph; returns (replay, steps)."""
+    scheduler = ddim.DDIMScheduler(**config)
+    scheduler.set_timesteps(50, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    m = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(1) if eta > 0 else None
+    steps = list(scheduler.timesteps.unbind(0))
+
+    def loop() -> torch.Tensor:
+        y = x
+        for t in steps:
+            y = scheduler.step(m, t, y, eta=eta, generator=generator, return_dict=False)[0]
+        return y
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        loop()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    if generator is not None:
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph):
+        loop()
+    return graph.replay, len(steps)
+
+
+def run(
+    device: torch.device, shapes: dict[str, tuple[int, ...]], dtypes: list[str], reps: int, budget: float
+) -> list[dict[str, Any]]:
+    bandwidth = copy_bandwidth(device, 256 << 20 if device.type == "cuda" else 64 << 20)
+    print(f"\n{device}: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)")
+    rows = []
+    for shape_name, shape in shapes.items():
+        for dtype_name in dtypes:
+            dtype = DTYPES[dtype_name]
+            for config_name, config in CONFIGS.items():
+                for eta in (0.0, 1.0):
+                    for kind in ("int", "tensor"):
+                        ours, theirs = make_case(device, shape, dtype, config, eta, kind)
+                        t_ours, t_theirs = interleaved_medians([ours, theirs], device, reps, budget)
+                        numel = 1
+                        for s in shape:
+                            numel *= s
+                        moved = numel * dtype.itemsize * (4 + (eta > 0))
+                        floor = moved / bandwidth
+                        row = {
+                            "device": device.type,
+                            "shape": shape_name,
+                            "dtype": dtype_name,
+                            "config": config_name,
+                            "eta": eta,
+                            "timestep": kind,
+                            "ours_us": t_ours * 1e6,
+                            "diffusers_us": t_theirs * 1e6,
+                            "speedup": t_theirs / t_ours,
+                            "floor_us": floor * 1e6,
+                            "ours_floor": t_ours / floor,
+                            "diffusers_floor": t_theirs / floor,
+                        }
+                        if device.type == "cuda" and kind == "tensor":
+                            replay, n = graphed_steps(device, shape, dtype, config, eta)
+                            (t_graph,) = interleaved_medians([replay], device, reps, budget)
+                            row["ours_graph_us"] = t_graph / n * 1e6
+                            row["graph_floor"] = t_graph / n / floor
+                        rows.append(row)
+                        print_table([row], COLUMNS) if len(rows) == 1 else print_row(row)
+    return rows
+
+
+COLUMNS = [
+    ("shape", "shape", "s"),
+    ("dtype", "dtype", "s"),
+    ("config", "config", "s"),
+    ("eta", "eta", ".0f"),
+    ("timestep", "timestep", "s"),
+    ("ours_us", "ours us", ".1f"),
+    ("diffusers_us", "diffusers us", ".1f"),
+    ("speedup", "diffusers / ours", ".2f"),
+    ("floor_us", "floor us", ".2f"),
+    ("ours_floor", "ours / floor", ".2f"),
+    ("diffusers_floor", "diffusers / floor", ".2f"),
+    ("ours_graph_us", "ours graphed us", ".2f"),
+    ("graph_floor", "graphed / floor", ".2f"),
+]
+
+
+def print_row(row: dict[str, Any]) -> None:
+    cells = [format(row[key], fmt) if row.get(key) is not None else "-" for key, _, fmt in COLUMNS]
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes, dtypes and repetitions (CPU smoke run)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 7; quick 5)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per repetition and function")
+    parser.add_argument("--out", default="results/step.json")
+    args = parser.parse_args(argv)
+    reps = args.reps or (5 if args.quick else 7)
+    budget = args.budget or (0.02 if args.quick else 0.05)
+    rows: list[dict[str, Any]] = []
+    envs = {}
+    for device in devices(args.device):
+        big_name, big_shape = MEMORY_BOUND[device.type]
+        if args.quick:
+            shapes = {"1x4x64x64": SHAPES["1x4x64x64"], big_name: big_shape}
+            dtypes = ["fp32"]
+        else:
+            shapes = {**SHAPES, big_name: big_shape}
+            dtypes = ["fp32", "fp16", "bf16"]
+        rows += run(device, shapes, dtypes, reps, budget)
+        envs[device.type] = environment(device)
+    path = write_json(args.out, {"environment": envs, "rows": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

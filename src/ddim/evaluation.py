@@ -1,0 +1,280 @@
+"""The DDIM paper's Table 1 on the embedded digits model: digits-FID against steps S and eta.
+
+Cells: S in {10, 20, 50, 100, 1000} x eta in {0, 0.2, 0.5, 1} (DDIM paper, Table 1 and eq. 16),
+each run with several seeds. DDPM (1000 steps, ancestral sampling with the posterior variance
+beta~_t, diffusers' ``DDPMScheduler`` default) is exactly the eta = 1, S = 1000 cell: with eta = 1
+and every timestep visited, the DDIM step is the DDPM step (DDIM paper, sec. 4.1), so it is reported
+from that cell. FID is biased by the sample count, so every comparison is made between cells of
+equal count: each S has its own count (``counts``, fewer samples for larger S), the same for all
+eta, and S = 50, eta = 0 is re-run at the count of S = 1000 for the DDIM-vs-DDPM comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddim.metrics import DigitsFID
+from ddim.sampling import sample
+from ddim.scheduler import DDIMScheduler
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TABLE1_STEPS: tuple[int, ...] = (10, 20, 50, 100, 1000)
+TABLE1_ETAS: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0)
+DDPM_STEPS = 1000
+#: Samples per seed for each S of the full evaluation (FID noise falls with the count; cost grows with S).
+TABLE1_COUNTS: dict[int, int] = {10: 1000, 20: 1000, 50: 1000, 100: 250, 1000: 100}
+#: The DDIM setting compared with DDPM at DDPM's count.
+REFERENCE_STEPS = 50
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One setting: S steps, eta, and the number of samples per seed."""
+
+    steps: int
+    eta: float
+    count: int
+
+
+@dataclass
+class CellResult:
+    """digits-FID and wall time of each seed of a cell."""
+
+    cell: Cell
+    fids: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.fids))
+
+    @property
+    def spread(self) -> float:
+        """Standard deviation over seeds (ddof = 1; 0 for one seed)."""
+        return float(np.std(self.fids, ddof=1)) if len(self.fids) > 1 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self.cell),
+            "fids": self.fids,
+            "fid_mean": self.mean,
+            "fid_std": self.spread,
+            "seconds": self.seconds,
+        }
+
+
+def table1_cells(counts: dict[int, int], etas: Sequence[float] = TABLE1_ETAS) -> list[Cell]:
+    """Every (S, eta) with S's count, plus S = 50, eta = 0 at the count of S = 1000 (when both are run)."""
+    cells = [Cell(s, float(e), n) for e in etas for s, n in sorted(counts.items())]
+    ddpm_count = counts.get(DDPM_STEPS)
+    reference = counts.get(REFERENCE_STEPS)
+    if ddpm_count is not None and reference is not None and reference != ddpm_count and 0.0 in etas:
+        cells.append(Cell(REFERENCE_STEPS, 0.0, ddpm_count))
+    return cells
+
+
+def run_cell(
+    model: Model,
+    scheduler: DDIMScheduler,
+    cell: Cell,
+    seeds: Sequence[int],
+    fid: DigitsFID,
+    device: str | torch.device = "cpu",
+    on_seed: Callable[[], None] | None = None,
+    use_clipped_model_output: bool = False,
+) -> CellResult:
+    """Sample ``cell.count`` digits per seed (x_T and step noise from ``torch.Generator().manual_seed(seed)``)."""
+    result = CellResult(cell)
+    for seed in seeds:
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        samples = sample(
+            model,
+            scheduler,
+            (cell.count, 1, 8, 8),
+            num_inference_steps=cell.steps,
+            eta=cell.eta,
+            generator=generator,
+            device=device,
+            progress=False,
+            use_clipped_model_output=use_clipped_model_output,
+        )
+        result.seconds.append(time.perf_counter() - start)
+        result.fids.append(fid(samples))
+        if on_seed is not None:
+            on_seed()
+    return result
+
+
+def floor_and_ceiling(fid: DigitsFID, counts: Sequence[int], seeds: Sequence[int]) -> dict[str, dict[str, list[float]]]:
+    """For each sample count: the held-out, split-half and noise FIDs of every seed (see ``DigitsFID``)."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for count in sorted(set(counts)):
+        runs = [fid.floor_and_ceiling(count, seed) for seed in seeds]
+        table[str(count)] = {key: [run[key] for run in runs] for key in runs[0]}
+    return table
+
+
+def find(results: Sequence[CellResult], steps: int, eta: float, count: int) -> CellResult | None:
+    for result in results:
+        if result.cell.steps == steps and math.isclose(result.cell.eta, eta) and result.cell.count == count:
+            return result
+    return None
+
+
+def check_targets(results: Sequence[CellResult], counts: dict[int, int]) -> list[dict[str, Any]]:
+    """The paper's findings as pass/fail checks (only those whose cells were run), at equal counts."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, passed: bool, detail: str) -> None:
+        checks.append({"target": name, "passed": bool(passed), "detail": detail})
+
+    def fmt(r: CellResult) -> str:
+        return f"{r.mean:.2f} +- {r.spread:.2f}"
+
+    n = counts.get(10, 0)
+    a, b = find(results, 10, 0.0, n), find(results, 10, 1.0, n)
+    if a and b:
+        spread = max(a.spread, b.spread)
+        add(
+            "S=10: eta=0 beats eta=1 by > 3x the seed spread",
+            b.mean - a.mean > 3 * spread,
+            f"eta=0 {fmt(a)}, eta=1 {fmt(b)} (N={n}); gap {b.mean - a.mean:.2f} vs 3 x spread {3 * spread:.2f}",
+        )
+    n = counts.get(20, 0)
+    a, b = find(results, 20, 0.0, n), find(results, 20, 1.0, n)
+    if a and b:
+        add("S=20: eta=0 no worse than eta=1", a.mean <= b.mean, f"eta=0 {fmt(a)}, eta=1 {fmt(b)} (N={n})")
+    n = counts.get(DDPM_STEPS, 0)
+    a, b = find(results, REFERENCE_STEPS, 0.0, n), find(results, DDPM_STEPS, 1.0, n)
+    if a and b:
+        add(
+            f"DDIM S={REFERENCE_STEPS} eta=0 within 1.5x of DDPM (1000 steps)",
+            a.mean <= 1.5 * b.mean,
+            f"DDIM {fmt(a)}, DDPM {fmt(b)} (N={n}); ratio {a.mean / b.mean:.2f}",
+        )
+    last = [r for r in results if r.cell.steps == DDPM_STEPS and r.cell.count == n]
+    if len(last) > 1:
+        means = [r.mean for r in last]
+        spread = max(r.spread for r in last)
+        add(
+            "S=1000: all eta close (range of means <= 3x the largest seed spread)",
+            max(means) - min(means) <= 3 * spread,
+            f"means {', '.join(f'{r.cell.eta:g}: {r.mean:.2f}' for r in last)} (N={n}); "
+            f"range {max(means) - min(means):.2f} vs 3 x spread {3 * spread:.2f}",
+        )
+    return checks
+
+
+# --------------------------------------------------------------------------- reporting
+def markdown_report(report: dict[str, Any]) -> str:
+    """Table 1 as Markdown (rows: eta, columns: S), wall times, the floor and ceiling, and the target checks."""
+    cells = [CellResult(Cell(c["steps"], c["eta"], c["count"]), c["fids"], c["seconds"]) for c in report["cells"]]
+    counts = {int(k): v for k, v in report["counts"].items()}
+    steps = sorted(counts)
+    etas = sorted({r.cell.eta for r in cells})
+    header = "| | " + " | ".join(f"S={s} (N={counts[s]})" for s in steps) + " |"
+    rule = "|---|" + "---|" * len(steps)
+
+    def rows(value: Callable[[CellResult], str]) -> list[str]:
+        lines = []
+        for eta in etas:
+            found = [find(cells, s, eta, counts[s]) for s in steps]
+            lines.append(f"| eta={eta:g} | " + " | ".join(value(r) if r else "" for r in found) + " |")
+        ddpm = find(cells, DDPM_STEPS, 1.0, counts.get(DDPM_STEPS, 0))
+        if ddpm is not None:
+            lines.append("| DDPM | " + " | ".join(value(ddpm) if s == DDPM_STEPS else "" for s in steps) + " |")
+        return lines
+
+    lines = [
+        f"digits-FID, mean +- std over {len(report['seeds'])} seeds (lower is better); N = samples per seed. "
+        "DDPM = eta 1 at S = 1000 (the same sampler).",
+        "",
+        header,
+        rule,
+        *rows(lambda r: f"{r.mean:.2f} +- {r.spread:.2f}"),
+    ]
+    for r in cells:
+        if r.cell.count != counts[r.cell.steps]:
+            lines += [
+                "",
+                f"Re-run at N={r.cell.count}: S={r.cell.steps}, eta={r.cell.eta:g}: {r.mean:.2f} +- {r.spread:.2f}",
+            ]
+    lines += ["", "Wall time per seed (s):", "", header, rule, *rows(lambda r: f"{np.mean(r.seconds):.1f}")]
+    lines += ["", "| reference at N | held-out real vs train | split-half real | Gaussian noise |", "|---|---|---|---|"]
+    for count, values in report["floor"].items():
+        lines.append(
+            f"| {count} | "
+            + " | ".join(
+                f"{np.mean(values[k]):.2f} +- {np.std(values[k], ddof=1):.2f}" if k in values else "n/a"
+                for k in ("held_out", "split_half", "noise")
+            )
+            + " |"
+        )
+    if report["targets"]:
+        lines += ["", "| target | met | measured |", "|---|---|---|"]
+        lines += [f"| {c['target']} | {'yes' if c['passed'] else 'no'} | {c['detail']} |" for c in report["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict[str, Any], path: str) -> None:
+    """FID against S (log x axis), one line per eta, seed spread as error bars, the real-data floor dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    cells = report["cells"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, eta in enumerate(sorted({c["eta"] for c in cells})):
+        line = sorted(
+            (c for c in cells if math.isclose(c["eta"], eta) and c["count"] == report["counts"][str(c["steps"])]),
+            key=lambda c: c["steps"],
+        )
+        # Points are joined only where N is equal: FID is biased upwards at small N.
+        for count in sorted({c["count"] for c in line}, reverse=True):
+            group = [c for c in line if c["count"] == count]
+            axis.errorbar(
+                [c["steps"] * (1 + 0.03 * (index - 1.5)) for c in group],
+                [c["fid_mean"] for c in group],
+                yerr=[c["fid_std"] for c in group],
+                marker="o",
+                capsize=3,
+                color=colors[index % len(colors)],
+                label=f"eta = {eta:g}" if count == line[0]["count"] else None,
+            )
+    for c in cells:
+        if c["count"] != report["counts"][str(c["steps"])]:
+            axis.errorbar(
+                [c["steps"]],
+                [c["fid_mean"]],
+                yerr=[c["fid_std"]],
+                marker="s",
+                color="black",
+                capsize=3,
+                linestyle="none",
+                label=f"S={c['steps']}, eta={c['eta']:g} at N={c['count']}",
+            )
+    for count, values in report["floor"].items():
+        kind = "held-out" if "held_out" in values else "split-half"
+        level = float(np.mean(values["held_out" if "held_out" in values else "split_half"]))
+        axis.axhline(level, linestyle=":", color="grey")
+        axis.annotate(f"{kind} real, N={count}", (int(min(report["counts"], key=int)), level), fontsize=7, color="grey")
+    axis.set_xscale("log")
+    axis.set_xticks([int(k) for k in report["counts"]], [f"{k}\nN={v}" for k, v in report["counts"].items()])
+    axis.set_xlabel("sampling steps S (log scale)")
+    axis.set_ylabel("digits-FID (lower is better)")
+    counts = ", ".join(f"S={k}: {v}" for k, v in report["counts"].items())
+    axis.set_title(f"DDIM on digits, samples per seed: {counts}", fontsize=8)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)

@@ -1,0 +1,170 @@
+"""Whole-loop CUDA-graph capture of DDIM sampling: N x (model + step) recorded once, replayed per batch.
+
+A DDIM step is cheap on the GPU; its cost in an eager loop is launch overhead and, in diffusers, host
+syncs. With the timestep a device tensor, ``DDIMScheduler.step`` never reads a value on the host (one
+fused kernel, coefficients gathered on the device), so the whole loop can be captured in a
+``torch.cuda.CUDAGraph`` and replayed with no Python in the loop. Recipe (what :class:`GraphedSampler`
+does)::
+
+    scheduler.set_timesteps(50, device="cuda")         # device timesteps and coefficient tables
+    plan = SamplingPlan.build(scheduler, batch_size)   # per-step model timesteps, made before capture
+    x = torch.empty(shape, device="cuda")              # static input, filled with x_T before each replay
+    run_steps(model, scheduler, x, plan, eta)          # warm-up (side stream): tables, kernels, cuDNN
+    with torch.cuda.graph(graph):                      # capture; generators registered first
+        out = run_steps(model, scheduler, x, plan, eta, generator)
+    x.copy_(x_T); graph.replay(); samples = out.clone()
+
+Noise for eta > 0 comes from CUDA generators (one, or one per batch row) registered with the graph:
+each replay draws fresh noise and advances them, and re-seeding a generator before a replay makes
+that replay reproducible. A CPU generator cannot feed a graph (its draws are host work and a copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ddim.noise import Generator
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What the loop indexes, made before capture: the step timesteps (0-dim device views) and the
+    model's per-row timesteps (``model_timesteps[i]`` has shape (batch,), int64)."""
+
+    step_timesteps: tuple[torch.Tensor, ...]
+    model_timesteps: torch.Tensor
+
+    @classmethod
+    def build(cls, scheduler: object, batch_size: int, device: torch.device | str | None = None) -> SamplingPlan:
+        """Plan for ``scheduler.timesteps`` (after ``set_timesteps``) on ``device`` (default: theirs)."""
+        timesteps = getattr(scheduler, "timesteps", None)
+        if getattr(scheduler, "num_inference_steps", None) is None or timesteps is None:
+            raise ValueError("scheduler has no timesteps; call scheduler.set_timesteps(n, device=...) first")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is out of range; it must be an int >= 1")
+        steps = timesteps.to(device if device is not None else timesteps.device, torch.int64)
+        model_timesteps = steps.unsqueeze(1).expand(len(steps), batch_size).contiguous()
+        return cls(tuple(steps.unbind(0)), model_timesteps)
+
+
+def run_steps(
+    model: Model,
+    scheduler: object,
+    x: torch.Tensor,
+    plan: SamplingPlan,
+    eta: float = 0.0,
+    generator: Generator = None,
+    use_clipped_model_output: bool = False,
+) -> torch.Tensor:
+    """x_T -> x_0: ``x = scheduler.step(model(x, t_batch), t, x).prev_sample`` for every planned step.
+
+    Reads nothing on the host when the plan, ``x`` and the generators are on the GPU, so it can be
+    captured in a CUDA graph; on the CPU it is the plain loop.
+    """
+    step = getattr(scheduler, "step")  # noqa: B009 (any diffusers-style scheduler)
+    for t, t_batch in zip(plan.step_timesteps, plan.model_timesteps, strict=True):
+        output = model(x, t_batch)
+        x = step(
+            output,
+            t,
+            x,
+            eta=eta,
+            use_clipped_model_output=use_clipped_model_output,
+            generator=generator,
+            return_dict=False,
+        )[0]
+    return x
+
+
+@contextlib.contextmanager
+def forbid_syncs() -> Iterator[None]:
+    """Make any host-device synchronisation raise (``torch.cuda.set_sync_debug_mode("error")``) inside."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def cuda_generators(generator: Generator, device: torch.device) -> list[torch.Generator]:
+    """The generators as a list, each checked to be a CUDA generator of ``device``'s type."""
+    if generator is None:
+        return []
+    found = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    for g in found:
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(g).__name__}")
+        if g.device.type != device.type:
+            raise ValueError(
+                f"generator on {g.device} cannot feed a CUDA graph on {device}; "
+                f"use torch.Generator(device={str(device)!r})"
+            )
+    return found
+
+
+class GraphedSampler:
+    """A DDIM sampling loop (model + step, ``num_inference_steps`` times) captured in one CUDA graph.
+
+    ``sampler(x_T)`` copies ``x_T`` into the graph's static input, replays, and returns x_0 (a new
+    tensor). The scheduler's timesteps are set here on ``device``; the model is called as
+    ``model(x_t, t)`` with t of shape (batch,), int64. Warm-up and capture run under
+    :func:`forbid_syncs` when ``check_syncs`` (a sync would also break the capture).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        scheduler: object,
+        shape: Sequence[int],
+        *,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        generator: Generator = None,
+        use_clipped_model_output: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cuda",
+        warmup_runs: int = 2,
+        check_syncs: bool = True,
+    ) -> None:
+        target = torch.device(device)
+        if target.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}: CUDA-graph capture needs an available CUDA device")
+        if isinstance(warmup_runs, bool) or not isinstance(warmup_runs, int) or warmup_runs < 1:
+            raise ValueError(f"warmup_runs={warmup_runs!r} is out of range; it must be an int >= 1")
+        generators = cuda_generators(generator, target)
+        scheduler.set_timesteps(num_inference_steps, device=target)  # type: ignore[attr-defined]
+        shape = tuple(int(s) for s in shape)
+        self.plan = SamplingPlan.build(scheduler, shape[0], target)
+        self.static_input = torch.randn(shape, device=target, dtype=dtype)
+        self.graph = torch.cuda.CUDAGraph()
+
+        def loop() -> torch.Tensor:
+            return run_steps(model, scheduler, self.static_input, self.plan, eta, generator, use_clipped_model_output)
+
+        guard = forbid_syncs if check_syncs else contextlib.nullcontext
+        side = torch.cuda.Stream(device=target)
+        side.wait_stream(torch.cuda.current_stream(target))
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(warmup_runs):
+                with guard():
+                    loop()
+        torch.cuda.current_stream(target).wait_stream(side)
+        for g in generators:
+            self.graph.register_generator_state(g)
+        with torch.no_grad(), torch.cuda.graph(self.graph), guard():
+            self.static_output = loop()
+
+    def __call__(self, x_T: torch.Tensor) -> torch.Tensor:
+        """x_0 for the initial noise ``x_T`` (same shape as the captured input)."""
+        if x_T.shape != self.static_input.shape:
+            raise ValueError(f"x_T shape {tuple(x_T.shape)} must equal the captured {tuple(self.static_input.shape)}")
+        self.static_input.copy_(x_T)
+        self.graph.replay()
+        return self.static_output.clone()

@@ -1,0 +1,187 @@
+"""The whole DDIM update as one Triton kernel (imported only when Triton is installed).
+
+Per element, in float32 (DDIM paper, eqs. 9, 12 and 16 folded as in :mod:`ddim.coefficients`)::
+
+    x0     = transform(X0_X x + X0_M m)        transform: none | clamp to [-r, r] | clamp to [-s, s] / s
+    x_prev = PREV_X0 x0 + PREV_X x + PREV_M m + STD z
+
+One read of x_t, the model output and (eta > 0) the noise, one write of x_prev and x0, in the input
+dtype. The coefficients come from kernel arguments (host timestep), from (b, 6) rows, or from the
+device table indexed by a device timestep inside the kernel (clamped to [-1, T] and wrapped onto
+the NaN rows, as :class:`ddim.update.CoefficientGather` does), so a step is one launch and no sync.
+The grid is (blocks per row, rows): rows are batch rows when coefficients or threshold scales differ
+per row, else the whole tensor is one row.
+
+Runs on CPU tensors under ``TRITON_INTERPRET=1`` (the kernel is built on first use, after the
+environment is read), which is how it is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from ddim.coefficients import NUM_COLUMNS
+from ddim.update import (
+    CoefficientGather,
+    Coefficients,
+    X0Transform,
+    broadcast_columns,
+    coefficient_rows,
+    threshold_scale,
+)
+
+BLOCK = 2048
+NUM_WARPS = 8
+#: CUDA's limit on the second grid dimension (rows with their own coefficients).
+MAX_GRID_ROWS = 65535
+#: x0 modes of the kernel.
+X0_PLAIN, X0_CLIP, X0_THRESHOLD = 0, 1, 2
+#: Where the coefficients come from.
+FROM_ARGS, FROM_ROWS, FROM_TABLE = 0, 1, 2
+
+
+@functools.cache
+def kernel() -> Any:
+    """The jitted kernel, built on first use (so ``TRITON_INTERPRET`` is read when it is needed)."""
+
+    @triton.jit
+    def ddim_step_kernel(
+        x_ptr,
+        m_ptr,
+        z_ptr,
+        prev_ptr,
+        x0_ptr,
+        coef_ptr,
+        index_ptr,
+        scale_ptr,
+        c0,
+        c1,
+        c2,
+        c3,
+        c4,
+        c5,
+        clip,
+        row_numel,
+        coef_row_stride,
+        index_row_stride,
+        table_rows,
+        COEF_SOURCE: tl.constexpr,
+        X0_MODE: tl.constexpr,
+        HAS_NOISE: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(1).to(tl.int64)
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < row_numel
+        at = row * row_numel + offsets
+        if COEF_SOURCE == 0:
+            x0_x, x0_m, prev_x0, prev_x, prev_m, std = c0, c1, c2, c3, c4, c5
+        else:
+            if COEF_SOURCE == 2:
+                t = tl.load(index_ptr + row * index_row_stride).to(tl.int64)
+                t = tl.minimum(tl.maximum(t, -1), table_rows - 2)
+                coef = coef_ptr + ((t + table_rows) % table_rows) * 6
+            else:
+                coef = coef_ptr + row * coef_row_stride
+            x0_x = tl.load(coef).to(tl.float32)
+            x0_m = tl.load(coef + 1).to(tl.float32)
+            prev_x0 = tl.load(coef + 2).to(tl.float32)
+            prev_x = tl.load(coef + 3).to(tl.float32)
+            prev_m = tl.load(coef + 4).to(tl.float32)
+            std = tl.load(coef + 5).to(tl.float32)
+        x = tl.load(x_ptr + at, mask=mask).to(tl.float32)
+        m = tl.load(m_ptr + at, mask=mask).to(tl.float32)
+        x0 = x0_x * x + x0_m * m
+        if X0_MODE == 1:
+            x0 = tl.minimum(tl.maximum(x0, -clip), clip)
+        if X0_MODE == 2:
+            s = tl.load(scale_ptr + row).to(tl.float32)
+            x0 = tl.minimum(tl.maximum(x0, -s), s) / s
+        prev = prev_x0 * x0 + prev_x * x + prev_m * m
+        if HAS_NOISE:
+            z = tl.load(z_ptr + at, mask=mask).to(tl.float32)
+            prev = prev + std * z
+        tl.store(prev_ptr + at, prev.to(prev_ptr.dtype.element_ty), mask=mask)
+        tl.store(x0_ptr + at, x0.to(x0_ptr.dtype.element_ty), mask=mask)
+
+    return ddim_step_kernel
+
+
+def fused_update(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    coefficients: Coefficients,
+    transform: X0Transform,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prev_sample, pred_original_sample)`` of one DDIM step in one kernel launch; see the module doc."""
+    batch = sample.shape[0] if sample.ndim else 1
+    x, m = sample.contiguous(), model_output.contiguous()
+    z = noise.contiguous() if noise is not None else x
+    prev, x0 = torch.empty_like(x), torch.empty_like(x)
+    if x.numel() == 0:
+        return prev, x0
+    scalars: Sequence[float] = (0.0,) * NUM_COLUMNS
+    coef_ptr, index_ptr, scale_ptr = x, x, x
+    coef_stride = index_stride = table_rows = 0
+    per_row = False
+    if isinstance(coefficients, CoefficientGather):
+        source, coef_ptr = FROM_TABLE, coefficients.table
+        index_ptr = coefficients.timestep.reshape(-1)
+        if index_ptr.numel() > 1:
+            per_row, index_stride = True, 1
+        table_rows = coefficients.table.shape[0]
+    elif isinstance(coefficients, torch.Tensor):
+        rows = coefficients.reshape(-1, NUM_COLUMNS).contiguous()
+        source, coef_ptr = FROM_ROWS, rows
+        if rows.shape[0] > 1:
+            per_row, coef_stride = True, NUM_COLUMNS
+    else:
+        source, scalars = FROM_ARGS, [float(c) for c in coefficients]
+    mode, clip = X0_PLAIN, 0.0
+    if transform.threshold_ratio is not None:
+        raw = coefficient_x0(x, m, coefficients)
+        scale_ptr = threshold_scale(raw, transform.threshold_ratio, transform.threshold_max).float()
+        mode, per_row = X0_THRESHOLD, True
+    elif transform.clip_range is not None:
+        mode, clip = X0_CLIP, float(transform.clip_range)
+    rows_count = batch if per_row else 1
+    if rows_count > MAX_GRID_ROWS:
+        raise ValueError(f"batch size {batch} exceeds {MAX_GRID_ROWS} rows of per-row coefficients or thresholds")
+    row_numel = x.numel() // rows_count
+    grid = (triton.cdiv(row_numel, BLOCK), rows_count)
+    kernel()[grid](
+        x,
+        m,
+        z,
+        prev,
+        x0,
+        coef_ptr,
+        index_ptr,
+        scale_ptr,
+        *scalars,
+        clip,
+        row_numel,
+        coef_stride,
+        index_stride,
+        table_rows,
+        COEF_SOURCE=source,
+        X0_MODE=mode,
+        HAS_NOISE=noise is not None,
+        BLOCK=BLOCK,
+        num_warps=NUM_WARPS,
+    )
+    return prev.view(sample.shape), x0.view(sample.shape)
+
+
+def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Coefficients) -> torch.Tensor:
+    """The untransformed x0 = X0_X x + X0_M m in float32 (input to the per-row threshold scale)."""
+    rows = coefficient_rows(coefficients, x)
+    c = list(coefficients) if rows is None else broadcast_columns(rows, x.ndim)  # type: ignore[arg-type]
+    return x.float() * c[0] + m.float() * c[1]
