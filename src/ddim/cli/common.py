@@ -27,26 +27,25 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------- argument types
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
+def parse_int_at_least(text: str, minimum: int) -> int:
+    """``text`` as an int >= ``minimum``, else ``argparse.ArgumentTypeError`` naming the value."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be a positive integer (>= 1)")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be an integer >= {minimum}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return parse_int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an int >= 0 (seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be an integer >= 0")
-    return value
+    return parse_int_at_least(text, 0)
 
 
 def non_negative_float(text: str) -> float:
