@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_tiny_unet
 from ddim.cli import main
 from ddim.digits import DigitsUNet, UNetConfig
 
@@ -266,17 +267,7 @@ def test_train_writes_weights_that_sample_loads(tmp_path: Path, capsys: pytest.C
 @pytest.mark.filterwarnings("ignore:config keys")
 def test_diffusers_pipeline_folder_runs_with_our_scheduler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = make_tiny_unet()
     pipeline = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
     pipeline.save_pretrained(tmp_path / "pipe", safe_serialization=True)
     out = tmp_path / "rgb.png"

@@ -15,23 +15,13 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 import ddim
+from conftest import make_tiny_unet
 from ddim.diffusers import DDIMScheduler
 
 
 @pytest.fixture(scope="module")
 def unet() -> UNet2DModel:
-    torch.manual_seed(0)
-    model = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    return model.eval()
+    return make_tiny_unet()
 
 
 def test_is_a_diffusers_scheduler_running_our_core() -> None:
