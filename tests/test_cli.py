@@ -187,6 +187,12 @@ def test_invert_reconstructs_held_out_digits(tmp_path: Path, capsys: pytest.Capt
     assert png_size(out) == (grid_side(3, 6), grid_side(2, 6))
 
 
+def test_invert_shows_progress_for_both_halves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["invert", "-n", "1", "--steps", "2", "-o", str(tmp_path / "inv.png")], capsys)
+    assert code == 0
+    assert "DDIM inversion" in err and "DDIM sampling" in err
+
+
 def test_interpolate_writes_a_strip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "strip.png"
     code, _, _ = run(["interpolate", "--frames", "5", "--steps", "3", "--no-progress", "-o", str(out)], capsys)

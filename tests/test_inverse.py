@@ -246,3 +246,14 @@ def test_slerp_weights_tensor_parallel_inputs_half_precision_and_errors() -> Non
         ddim.slerp(x0, torch.randn(3, 5), 0.5)
     with pytest.raises(ValueError, match=r"weight=1\.5 must be"):
         ddim.slerp(x0, x1, 1.5)
+
+
+def test_invert_shows_a_progress_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    scheduler = ddim.DDIMScheduler(clip_sample=False)
+    model = mixture(scheduler)
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    quiet = ddim.invert(model, scheduler, x0, num_inference_steps=4)
+    assert capsys.readouterr().err == ""
+    shown = ddim.invert(model, scheduler, x0, num_inference_steps=4, progress=True)
+    assert "DDIM inversion" in capsys.readouterr().err
+    torch.testing.assert_close(shown, quiet, rtol=0, atol=0)

@@ -102,7 +102,16 @@ def test_fid_rejects_wrong_shapes(fid: DigitsFID) -> None:
         fid(torch.zeros(4, 8, 8))
 
 
-def test_floor_rejects_counts_beyond_the_data_and_skips_held_out_beyond_its_size(fid: DigitsFID) -> None:
-    with pytest.raises(ValueError, match="count=1499 is out of range"):
-        fid.floor_and_ceiling(1499, seed=0)
-    assert "held_out" not in fid.floor_and_ceiling(400, seed=0)
+def test_floor_rejects_bad_counts_and_skips_real_sets_smaller_than_the_count(fid: DigitsFID) -> None:
+    with pytest.raises(ValueError, match="count=1 is out of range"):
+        fid.floor_and_ceiling(1, seed=0)
+    assert set(fid.floor_and_ceiling(400, seed=0)) == {"resampled", "split_half", "noise"}
+    large = fid.floor_and_ceiling(1499, seed=0)
+    assert set(large) == {"resampled", "noise"}
+    assert large["resampled"] < large["noise"] / 100
+
+
+def test_resampled_floor_falls_with_the_count(fid: DigitsFID) -> None:
+    small = [fid.floor_and_ceiling(100, seed)["resampled"] for seed in range(3)]
+    large = [fid.floor_and_ceiling(1000, seed)["resampled"] for seed in range(3)]
+    assert max(large) < min(small)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ddim.config import ConfigMixin, records_config
-from ddim.sampling import epsilon_coefficients
+from ddim.sampling import epsilon_coefficients, progress_steps
 from ddim.scheduler import DDIMScheduler, DDIMStepping, Timestep, check_choice
 from ddim.timesteps import check_grid, check_num_inference_steps, spaced_timesteps
 from ddim.update import X0Transform
@@ -124,6 +124,7 @@ def invert(
     timesteps: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     fixed_point_iterations: int = 0,
     return_trajectory: bool = False,
+    progress: bool = False,
 ) -> Any:
     """Encode x_0 into x_T by walking the sampling grid of ``scheduler`` backwards (DDIM paper, sec. 4.3).
 
@@ -139,7 +140,7 @@ def invert(
     ``ddim.sample(model, scheduler, noise=x_T, ...)`` with the same grid then reconstructs ``sample``.
     Needs ``clip_sample=False`` and ``thresholding=False`` (clipping x_0 is not invertible). The
     scheduler's ``set_timesteps`` is called. Returns x_T, or (x_T, [x_0, ..., x_T]) with
-    ``return_trajectory``.
+    ``return_trajectory``. ``progress`` shows a tqdm bar over the steps (if tqdm is installed).
     """
     if scheduler.config.clip_sample or scheduler.config.thresholding:
         raise ValueError(
@@ -158,7 +159,8 @@ def invert(
     x = sample
     trajectory = [x]
     with torch.no_grad():
-        for t in reversed([int(t) for t in scheduler.timesteps.tolist()]):
+        grid = [int(t) for t in reversed(scheduler.timesteps.tolist())]
+        for t in progress_steps(grid, progress, "DDIM inversion"):
             s = scheduler.previous_timestep(t)
             alpha_t = float(scheduler.alphas_cumprod[t])
             alpha_s = float(scheduler.alphas_cumprod[s]) if s >= 0 else float(scheduler.final_alpha_cumprod)

@@ -151,24 +151,30 @@ class DigitsFID:
         return frechet_distance(self.statistics(samples), self.reference)
 
     def floor_and_ceiling(self, count: int, seed: int) -> dict[str, float]:
-        """Reference FIDs at ``count`` samples: held-out real, a split-half of real, and Gaussian noise.
+        """Reference FIDs at ``count`` samples: real digits at the same count, and Gaussian noise.
 
+        - ``resampled``: ``count`` training digits drawn with replacement (what a generator that
+          reproduces the training set exactly would score; any ``count``);
         - ``held_out``: ``count`` held-out digits (drawn with ``seed``) against the training digits
           (only when ``count`` <= the 297 held-out digits);
-        - ``split_half``: ``count`` training digits against the statistics of the other training digits;
+        - ``split_half``: ``count`` training digits against the statistics of the other training digits
+          (only when at least 2 are left on each side);
         - ``noise``: ``count`` images of N(0, 1) noise clipped to [-1, 1] (the ceiling).
         """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+            raise ValueError(f"count={count!r} is out of range; it must be an int >= 2")
         generator = torch.Generator().manual_seed(seed)
         test, train = self.data.test_images, self.data.train_images
-        if not 2 <= count <= train.shape[0] - 2:
-            raise ValueError(f"count={count} is out of range; allowed 2..{train.shape[0] - 2} for the floor")
-        result: dict[str, float] = {}
+        result: dict[str, float] = {
+            "resampled": self(train[torch.randint(0, train.shape[0], (count,), generator=generator)])
+        }
         if count <= test.shape[0]:
             result["held_out"] = self(test[torch.randperm(test.shape[0], generator=generator)[:count]])
-        order = torch.randperm(train.shape[0], generator=generator)
-        result["split_half"] = frechet_distance(
-            self.statistics(train[order[:count]]), self.statistics(train[order[count:]])
-        )
+        if count <= train.shape[0] - 2:
+            order = torch.randperm(train.shape[0], generator=generator)
+            result["split_half"] = frechet_distance(
+                self.statistics(train[order[:count]]), self.statistics(train[order[count:]])
+            )
         result["noise"] = self(torch.randn((count, 1, 8, 8), generator=generator))
         return result
 

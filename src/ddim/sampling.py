@@ -125,7 +125,7 @@ def sample(
         output.intermediates.append(x)
     prediction_type = scheduler.config.prediction_type
     with torch.no_grad():
-        for index, t in enumerate(_progress(grid, progress)):
+        for index, t in enumerate(progress_steps(grid, progress)):
             t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
             model_output = _guided_output(
                 model, unconditional_model, x, t_batch, guidance_scale, guidance_rescale, check_finite, index
@@ -298,7 +298,7 @@ def _check_output(name: str, output: object, x: torch.Tensor, index: int, t: int
         raise NonFiniteOutputError(f"{name} output at step {index} (timestep {t}) contains NaN or Inf")
 
 
-def _progress(grid: list[int], enabled: bool) -> Any:
+def progress_steps(grid: list[int], enabled: bool, description: str = "DDIM sampling") -> Any:
     """``grid`` wrapped in a tqdm bar when enabled and tqdm is installed (it is optional)."""
     if not enabled:
         return grid
@@ -306,4 +306,4 @@ def _progress(grid: list[int], enabled: bool) -> Any:
         from tqdm.auto import tqdm
     except ImportError:
         return grid
-    return tqdm(grid, desc="DDIM sampling", unit="step")
+    return tqdm(grid, desc=description, unit="step")

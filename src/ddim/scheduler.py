@@ -52,7 +52,7 @@ from ddim.timesteps import (
     grid_prev_timesteps,
     spaced_timesteps,
 )
-from ddim.update import CoefficientGather, Coefficients, X0Transform, compute_dtype, ddim_update
+from ddim.update import CoefficientGather, Coefficients, HostRow, X0Transform, compute_dtype, ddim_update
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 #: Names of the diffusers schedulers whose configs are interchangeable with this one.
@@ -75,6 +75,10 @@ COMPATIBLE_SCHEDULER_NAMES = (
 )
 
 Timestep = int | np.integer | torch.Tensor
+#: Tensor dtypes accepted for a timestep.
+INTEGER_DTYPES = frozenset(
+    {torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64}
+)
 
 
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
@@ -91,6 +95,8 @@ def check_type(name: str, value: object, kind: type | tuple[type, ...], descript
 
 def check_eta(eta: object) -> float:
     """eta as a float after checking it is a real number >= 0."""
+    if type(eta) is float and eta >= 0:  # the common case, without the slower abstract-class check
+        return eta
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real):
         raise TypeError(f"eta must be a real number >= 0, got {eta!r} ({type(eta).__name__})")
     value = float(eta)
@@ -196,7 +202,7 @@ class DDIMStepping:
     def _table_key(self, eta: float, use_clipped: bool, transform: X0Transform) -> tuple[Any, ...]:
         return (self.config.prediction_type, transform.active, use_clipped and transform.active, eta)
 
-    def _host_table(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, list[list[float]], UpdateTerms]:
+    def _host_table(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, list[HostRow], UpdateTerms]:
         """(float64 table, the same as nested lists, structural terms) for a table key; built once."""
         cached = self._tables.get(key)
         if cached is None:
@@ -204,7 +210,8 @@ class DDIMStepping:
             check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
             pairs = self._tables[("pairs", torch.device("cpu"))]
             table = step_coefficient_table(pairs, eta, prediction_type, transforms_x0, use_clipped)
-            cached = (table, table.tolist(), update_terms(prediction_type, transforms_x0, use_clipped))
+            rows = [HostRow(row) for row in table.tolist()]
+            cached = (table, rows, update_terms(prediction_type, transforms_x0, use_clipped))
             self._tables[key] = cached
         return cached
 
@@ -284,8 +291,16 @@ class DDIMStepping:
         :class:`ddim.update.CoefficientGather` of device rows (a (b, 6) tensor while compiling)."""
         total = self._prev_timesteps.shape[0]
         key = self._table_key(eta, use_clipped, transform)
-        if isinstance(timestep, torch.Tensor):
-            if timestep.is_floating_point() or timestep.is_complex() or timestep.dtype == torch.bool:
+        if (
+            isinstance(timestep, torch.Tensor)  # the common pipeline case first: a 0-dim CPU tensor, read once
+            and timestep.ndim == 0
+            and timestep.dtype in INTEGER_DTYPES
+            and timestep.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        ):
+            timestep = int(timestep)
+        elif isinstance(timestep, torch.Tensor):
+            if timestep.dtype not in INTEGER_DTYPES:
                 raise TypeError(f"timestep must be an integer tensor, got dtype {timestep.dtype}")
             if timestep.ndim > 1:
                 raise ValueError(
@@ -296,10 +311,7 @@ class DDIMStepping:
                     f"timestep has {timestep.shape[0]} entries; a 1-D timestep needs one per batch row "
                     f"(batch size {sample.shape[0]})"
                 )
-            on_host = timestep.device.type == "cpu" and not torch.compiler.is_compiling()
-            if on_host and timestep.ndim == 0:
-                return self._coefficients(int(timestep), sample, eta, use_clipped, transform)
-            if on_host:
+            if timestep.device.type == "cpu" and not torch.compiler.is_compiling():
                 self._check_timestep_values(timestep, total)
             # index_select, not table[index]: indexing with a 0-dim tensor reads its value on the host.
             dtype = compute_dtype(sample.dtype)

@@ -69,6 +69,12 @@ class CoefficientGather:
         return self.table.index_select(0, index)
 
 
+class HostRow(tuple[float, ...]):
+    """One row of a scheduler's host coefficient table: six Python floats (already checked when tabulated)."""
+
+    __slots__ = ()
+
+
 Coefficients = Sequence[Coefficient] | torch.Tensor | CoefficientGather
 
 
@@ -104,6 +110,8 @@ def transform_x0(x0: torch.Tensor, transform: X0Transform) -> torch.Tensor:
 def coefficient_rows(coefficients: Coefficients, like: torch.Tensor) -> torch.Tensor | None:
     """The coefficients as a (b, 6) tensor on ``like``'s device (b is 1 or the batch size), or ``None``
     when they are six Python floats (host timestep: no device tensor is made for them)."""
+    if type(coefficients) is HostRow:
+        return None
     if isinstance(coefficients, CoefficientGather):
         rows = coefficients.rows()
     elif isinstance(coefficients, torch.Tensor):

@@ -21,15 +21,18 @@ from ddim.cli.common import (
 from ddim.metrics import DigitsFID
 from ddim.scheduler import DDIMScheduler
 
+#: Largest samples-per-seed count of a column (all N samples of a seed are drawn as one batch).
+MAX_COUNT = 100_000
+
 
 def step_count(text: str) -> tuple[int, int]:
-    """argparse type for ``S:N``: S sampling steps (1..1000) with N samples per seed (2..1498)."""
+    """argparse type for ``S:N``: S sampling steps (1..1000) with N samples per seed (2..MAX_COUNT)."""
     try:
         steps, count = (int(part) for part in text.split(":"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not S:N (two integers, e.g. 50:1000)") from None
-    if not 1 <= steps <= 1000 or not 2 <= count <= 1498:
-        raise argparse.ArgumentTypeError(f"{text!r}: S must be in 1..1000 and N in 2..1498")
+    if not 1 <= steps <= 1000 or not 2 <= count <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r}: S must be in 1..1000 and N in 2..{MAX_COUNT}")
     return steps, count
 
 

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             originals,
             num_inference_steps=args.steps,
             fixed_point_iterations=args.fixed_point_iterations,
+            progress=args.progress,
         )
         decoded = sample(
             loaded.model, loaded.scheduler, noise=latents, num_inference_steps=args.steps, progress=args.progress

@@ -57,7 +57,11 @@ def generate_samples(
     progress: bool,
     start: int = 0,
 ) -> torch.Tensor:
-    """Samples ``start .. start + count - 1`` of ``seed``: sample i depends on seed and i only, not on batching."""
+    """Samples ``start .. start + count - 1`` of ``seed``: sample i's x_T and noise depend on seed and i only.
+
+    The model's rounding can depend on the batch size (CPU conv/linear kernels), so the bits of a
+    sample may change with ``batch_size``; ``--out-dir`` runs fixed micro-batches for bit-identity.
+    """
     batches = []
     for first in range(start, start + count, batch_size):
         size = min(batch_size, start + count - first)
