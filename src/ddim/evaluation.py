@@ -272,8 +272,9 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         kind = "resampled"
         level = float(np.mean(values[kind]))
         axis.axhline(level, linestyle=":", color="grey")
-        column = min((int(s) for s, n in report["counts"].items() if str(n) == str(count)), default=None)
-        where = column if column is not None else int(min(report["counts"], key=int))  # label at its own column
+        # Labelled at the first column of its own N (a floor run for another N: at the first column).
+        columns = [int(s) for s, n in report["counts"].items() if str(n) == str(count)]
+        where = min(columns) if columns else int(min(report["counts"], key=int))
         axis.annotate(f"{kind} real, N={count}", (where, level), fontsize=7, color="grey")
     axis.set_xscale("log")
     axis.set_xticks([int(k) for k in report["counts"]], [f"{k}\nN={v}" for k, v in report["counts"].items()])
