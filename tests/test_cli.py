@@ -148,7 +148,7 @@ def test_weights_with_wrong_shapes_or_names_are_refused(tmp_path: Path, capsys: 
 
     wrong = tmp_path / "wrong.safetensors"
     state = DigitsUNet(UNetConfig(channels=16)).state_dict()
-    save_file({k: v.contiguous() for k, v in state.items()}, str(wrong))  # shipped config says channels=24
+    save_file({k: v.contiguous() for k, v in state.items()}, str(wrong))  # shipped config says channels=48
     code, _, err = run(["sample", "--model", str(wrong), "--no-progress", "-o", str(tmp_path / "o.png")], capsys)
     assert code == 2 and "has shape" in err
     save_file({"nonsense": torch.zeros(1)}, str(wrong))
@@ -248,6 +248,36 @@ def test_eval_writes_table_json_markdown_and_plot(tmp_path: Path, capsys: pytest
     assert all(len(c["fids"]) == 2 for c in report["cells"])
     assert "| | S=2 (N=20) | S=4 (N=20) |" in stdout
     assert png_size(tmp_path / "table1.png")[0] > 300
+    assert report["ddpm_count"] is None and report["batch_size"] == 500
+
+
+def test_eval_runs_the_ddpm_comparison_at_its_own_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    tiny = tmp_path / "tiny.safetensors"  # 1000 DDPM steps: a tiny model keeps this test fast
+    train = ["train", "--steps", "1", "--channels", "8", "--batch-size", "4", "--no-progress", "-o", str(tiny)]
+    assert run(train, capsys)[0] == 0
+    argv = ["eval", "--counts", "3:8", "--etas", "0", "--seeds", "1", "--ddpm-count", "3", "--batch-size", "3"]
+    code, stdout, _ = run([*argv, "--model", str(tiny), "--no-progress", "--out-dir", str(tmp_path)], capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "table1.json").read_text())
+    assert [(c["steps"], c["eta"], c["count"]) for c in report["cells"]] == [(3, 0.0, 8), (50, 0.0, 3), (1000, 1.0, 3)]
+    assert report["ddpm_count"] == 3 and report["batch_size"] == 3
+    assert [t["target"] for t in report["targets"]] == ["DDIM S=50 eta=0 within 1.5x of DDPM (1000 steps)"]
+    assert "| DDPM (S=1000, eta=1) | 3 |" in stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--ddpm-count", "1", "N must be in 2..100000"),
+        ("--ddpm-count", "x", "is not an integer"),
+        ("--batch-size", "0", "--batch-size"),
+    ],
+)
+def test_eval_rejects_bad_counts(option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["eval", "--quick", option, value], capsys)
+    assert code == 2 and message in err
 
 
 def test_eval_rejects_a_missing_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

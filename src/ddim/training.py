@@ -31,13 +31,13 @@ SAMPLING_SCHEDULER_CONFIG: dict[str, Any] = {"clip_sample": False}
 class TrainConfig:
     """Hyper-parameters of :func:`train` (the defaults produced the shipped weights)."""
 
-    steps: int = 6500
+    steps: int = 5000
     batch_size: int = 128
     learning_rate: float = 2e-3
     warmup_steps: int = 200
     ema_decay: float = 0.999
     seed: int = 0
-    channels: int = 24
+    channels: int = 48
 
     def __post_init__(self) -> None:
         check_positive_ints(self, ("steps", "batch_size", "channels"))

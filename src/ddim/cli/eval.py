@@ -31,9 +31,20 @@ def step_count(text: str) -> tuple[int, int]:
         steps, count = (int(part) for part in text.split(":"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not S:N (two integers, e.g. 50:1000)") from None
-    if not 1 <= steps <= 1000 or not 2 <= count <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"{text!r}: S must be in 1..1000 and N in 2..{MAX_COUNT}")
-    return steps, count
+    if not 1 <= steps <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: S must be in 1..1000")
+    return steps, sample_count(str(count))
+
+
+def sample_count(text: str) -> int:
+    """argparse type for a samples-per-seed count N (2..MAX_COUNT)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 2 <= count <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r}: N must be in 2..{MAX_COUNT}")
+    return count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +70,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--etas", type=non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
     )
+    parser.add_argument(
+        "--ddpm-count",
+        type=sample_count,
+        default=None,
+        metavar="N",
+        help="samples per seed of the DDIM (S=50, eta=0) vs DDPM comparison, run at that N besides the grid "
+        f"(default: {evaluation.DDPM_COUNT} for the full grid; none with --quick or --counts)",
+    )
     parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per cell (default: 5)")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=evaluation.EVAL_BATCH_SIZE,
+        help=f"samples per model call; the samples depend on it (default: {evaluation.EVAL_BATCH_SIZE})",
+    )
     parser.add_argument(
         "--clip-sample",
         action="store_true",
@@ -77,9 +102,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.quick:
-        counts, etas, seeds = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2
+        counts, etas, seeds, ddpm_count = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2, None
     else:
         counts, etas, seeds = dict(evaluation.TABLE1_COUNTS), list(evaluation.TABLE1_ETAS), args.seeds
+        ddpm_count = None if args.counts else evaluation.DDPM_COUNT
+    ddpm_count = args.ddpm_count or ddpm_count
     counts = dict(args.counts) if args.counts else counts
     etas = args.etas or etas
     if not args.out_dir.is_dir():
@@ -91,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.clip_sample:
         scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)  # type: ignore[assignment]
     fid = DigitsFID()
-    cells = evaluation.table1_cells(counts, etas)
+    cells = evaluation.table1_cells(counts, etas, ddpm_count)
     seed_list = list(range(seeds))
     bar = progress_bar(len(cells) * seeds, args.progress)
     results = []
@@ -108,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 args.device,
                 on_seed=lambda: bar.update(),
                 use_clipped_model_output=args.use_clipped_model_output,
+                batch_size=args.batch_size,
             )
         )
     bar.close()
@@ -117,9 +145,11 @@ def run(args: argparse.Namespace) -> int:
         "use_clipped_model_output": args.use_clipped_model_output,
         "seeds": seed_list,
         "counts": {str(k): v for k, v in sorted(counts.items())},
+        "ddpm_count": ddpm_count,
+        "batch_size": args.batch_size,
         "cells": [r.as_dict() for r in results],
         "floor": evaluation.floor_and_ceiling(fid, sorted({c.count for c in cells}), seed_list),
-        "targets": evaluation.check_targets(results, counts),
+        "targets": evaluation.check_targets(results, counts, ddpm_count),
         "seconds_total": time.perf_counter() - started,
     }
     markdown = evaluation.markdown_report(report)
