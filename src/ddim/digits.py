@@ -94,12 +94,16 @@ class UNetConfig:
             raise ValueError(f"channels={self.channels} must be divisible by groups={self.groups}")
 
 
+def check_positive_int(name: str, value: object) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an int >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; it must be a positive int")
+
+
 def check_positive_ints(owner: object, names: Sequence[str]) -> None:
     """``ValueError`` naming the first attribute of ``owner`` in ``names`` that is not an int >= 1."""
     for name in names:
-        value = getattr(owner, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} is not allowed; it must be a positive int")
+        check_positive_int(name, getattr(owner, name))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

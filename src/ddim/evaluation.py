@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddim.digits import check_positive_int
 from ddim.metrics import DigitsFID
 from ddim.sampling import sample
 from ddim.scheduler import DDIMScheduler
@@ -109,8 +110,7 @@ def run_cell(
     One ``torch.Generator().manual_seed(seed)`` per seed gives every batch's x_T and step noise in
     turn, so the samples depend on the seed and on ``batch_size``.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is not allowed; it must be a positive int")
+    check_positive_int("batch_size", batch_size)
     result = CellResult(cell)
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)
@@ -245,8 +245,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             "Cells outside the grid (DDIM vs DDPM at equal N):",
             "",
             "| cell | N | digits-FID | wall per seed (s) |",
+            "|---|---|---|---|",
         ]
-        lines += ["|---|---|---|---|"]
         lines += [
             f"| {cell_label(r.cell)} | {r.cell.count} | {r.mean:.2f} +- {r.spread:.2f} | {np.mean(r.seconds):.1f} |"
             for r in extra

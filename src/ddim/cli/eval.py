@@ -21,7 +21,7 @@ from ddim.cli.common import (
 from ddim.metrics import DigitsFID
 from ddim.scheduler import DDIMScheduler
 
-#: Largest samples-per-seed count of a column (all N samples of a seed are drawn as one batch).
+#: Largest samples-per-seed count of a column (all N samples of a seed are held in memory for the metric).
 MAX_COUNT = 100_000
 
 
