@@ -267,12 +267,31 @@ def test_eval_runs_the_ddpm_comparison_at_its_own_count(tmp_path: Path, capsys: 
     assert "| DDPM (S=1000, eta=1) | 3 |" in stdout
 
 
+def test_eval_first_seed_adds_seeds_that_match_a_run_from_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    def fids(seeds: str, first: str) -> tuple[list[int], list[float]]:
+        argv = ["eval", "--counts", "2:20", "--etas", "0", "--seeds", seeds, "--first-seed", first]
+        assert run([*argv, "--no-progress", "--out-dir", str(tmp_path)], capsys)[0] == 0
+        report = json.loads((tmp_path / "table1.json").read_text())
+        return report["seeds"], report["cells"][0]["fids"]
+
+    seeds_from_zero, from_zero = fids("2", "0")
+    seeds_added, added = fids("1", "1")
+    assert seeds_from_zero == [0, 1] and seeds_added == [1]
+    assert added == pytest.approx(from_zero[1:], rel=1e-9)
+    assert from_zero[0] != pytest.approx(from_zero[1], rel=1e-3)
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
         ("--ddpm-count", "1", "N must be in 2..100000"),
         ("--ddpm-count", "x", "is not an integer"),
         ("--batch-size", "0", "--batch-size"),
+        ("--first-seed", "-1", "--first-seed"),
     ],
 )
 def test_eval_rejects_bad_counts(option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:

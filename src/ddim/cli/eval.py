@@ -14,6 +14,7 @@ from ddim.cli.common import (
     add_model_options,
     load_model,
     non_negative_float,
+    non_negative_int,
     positive_int,
     save_text,
     write_atomically,
@@ -80,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per cell (default: 5)")
     parser.add_argument(
+        "--first-seed",
+        type=non_negative_int,
+        default=0,
+        help="the seeds are FIRST_SEED, FIRST_SEED+1, ... (default: 0); adds seeds to an earlier run's cells",
+    )
+    parser.add_argument(
         "--batch-size",
         type=positive_int,
         default=evaluation.EVAL_BATCH_SIZE,
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)  # type: ignore[assignment]
     fid = DigitsFID()
     cells = evaluation.table1_cells(counts, etas, ddpm_count)
-    seed_list = list(range(seeds))
+    seed_list = list(range(args.first_seed, args.first_seed + seeds))
     bar = progress_bar(len(cells) * seeds, args.progress)
     results = []
     started = time.perf_counter()
