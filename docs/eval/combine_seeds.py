@@ -12,21 +12,24 @@ import sys
 
 import numpy as np
 
+from ddim.evaluation import DDPM_STEPS, CellResult, find, seed_spread
+
 
 def pooled(paths: list[str], steps: int, eta: float, count: int) -> np.ndarray:
+    """The per-seed FIDs of the cell (steps, eta, count) of every report in ``paths``, in order."""
     values: list[float] = []
     for path in paths:
         with open(path) as handle:
-            for cell in json.load(handle)["cells"]:
-                if cell["steps"] == steps and abs(cell["eta"] - eta) < 1e-9 and cell["count"] == count:
-                    values += cell["fids"]
+            found = find([CellResult.from_dict(c) for c in json.load(handle)["cells"]], steps, eta, count)
+        values += found.fids if found is not None else []
     return np.asarray(values)
 
 
 def main(paths: list[str]) -> None:
-    ddim, ddpm = pooled(paths, 50, 0.0, 1000), pooled(paths, 1000, 1.0, 1000)
+    ddim, ddpm = pooled(paths, 50, 0.0, 1000), pooled(paths, DDPM_STEPS, 1.0, 1000)
     for name, values in (("DDIM S=50 eta=0", ddim), ("DDPM S=1000", ddpm)):
-        print(f"{name}: {len(values)} seeds, {values.mean():.2f} +- {values.std(ddof=1):.2f}", values.round(2).tolist())
+        spread = seed_spread(values.tolist())
+        print(f"{name}: {len(values)} seeds, {values.mean():.2f} +- {spread:.2f}", values.round(2).tolist())
     rng = np.random.default_rng(0)
     ratios = [rng.choice(ddim, ddim.size).mean() / rng.choice(ddpm, ddpm.size).mean() for _ in range(20_000)]
     low, high = np.percentile(ratios, [2.5, 97.5])

@@ -72,6 +72,11 @@ class CellResult:
         """Standard deviation over seeds (ddof = 1; 0 for one seed)."""
         return seed_spread(self.fids)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CellResult:
+        """The inverse of :meth:`as_dict` (a cell of a ``table1.json`` report)."""
+        return cls(Cell(values["steps"], values["eta"], values["count"]), values["fids"], values["seconds"])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             **asdict(self.cell),
@@ -213,7 +218,7 @@ def cell_label(cell: Cell) -> str:
 
 def markdown_report(report: dict[str, Any]) -> str:
     """Table 1 as Markdown (rows: eta, columns: S), wall times, the floor and ceiling, and the target checks."""
-    cells = [CellResult(Cell(c["steps"], c["eta"], c["count"]), c["fids"], c["seconds"]) for c in report["cells"]]
+    cells = [CellResult.from_dict(c) for c in report["cells"]]
     counts = {int(k): v for k, v in report["counts"].items()}
     steps = sorted(counts)
     etas = sorted({r.cell.eta for r in cells})
