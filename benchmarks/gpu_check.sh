@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One prepared GPU check for issue 3 (about 4 minutes on an H100/H200). Writes everything under $OUT.
+# One prepared GPU check for issue 3 (about 4 minutes on an H100; 3.5 with GPU_CHECK_QUICK=1, which runs the
+# step benchmark at 1x4x64x64 and the memory-bound size in fp32 only). Writes everything under $OUT.
 #
 #   1. the CUDA tests: Triton kernel vs the torch path, one launch and no sync per step, graph capture
 #      (eta = 0 and eta > 0 with a generator), the eager loop under set_sync_debug_mode("error");
 #   2. the step benchmark on CUDA (ours vs diffusers, floor from the measured copy bandwidth, and our
 #      step replayed 50 times from one CUDA graph);
-#   3. the loop benchmark on CUDA (DDPM-CIFAR10-size UNet, batch 64, fp16; tiny UNet), with the graphed loop.
+#   3. the loop benchmark on CUDA (DDPM-CIFAR10-size UNet, batch 64, fp16; tiny UNet), with the graphed loop;
+#   4. the host-overhead breakdown of a small step (benchmarks/step_overhead.py).
 #
 # Needs diffusers on the GPU machine: run benchmarks/fetch_gpu_wheels.sh here first, then the device
 # tool with   command="bash benchmarks/gpu_check.sh"   carry=[".whl"]   timeout_s=420.
@@ -32,6 +34,8 @@ cat "$OUT/environment.txt"
 if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     DEVICE=cuda
     STEP_ARGS=(--device cuda --reps 5 --budget 0.02)
+    # GPU_CHECK_QUICK=1: the step benchmark at 1x4x64x64 and the memory-bound size in fp32 only (a re-check).
+    [ "${GPU_CHECK_QUICK:-0}" = 1 ] && STEP_ARGS+=(--quick)
     LOOP_ARGS=(--device cuda --reps 3)
 else
     echo "no CUDA device: running the CPU smoke versions"
@@ -42,7 +46,7 @@ fi
 
 echo "== 1. CUDA tests"
 timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_fused_update.py tests/test_graphs.py tests/test_precision.py \
-    tests/test_no_sync.py -x -k "cuda or graph or sync or host" 2>&1 | tee "$OUT/tests.log" | tail -15
+    tests/test_no_sync.py tests/test_update_helpers.py -rfE --tb=short -k "cuda or graph or sync or host" 2>&1 | tee "$OUT/tests.log" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== 2. step benchmark ($DEVICE)"
@@ -51,6 +55,10 @@ timeout 150 $PY benchmarks/step_bench.py "${STEP_ARGS[@]}" --out "$OUT/step.json
 
 echo "== 3. loop benchmark ($DEVICE)"
 timeout 120 $PY benchmarks/loop_bench.py "${LOOP_ARGS[@]}" --out "$OUT/loop.json" 2>&1 | tee "$OUT/loop.log" | tail -14
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "== 4. where a small step's time goes ($DEVICE)"
+timeout 60 $PY benchmarks/step_overhead.py --device "$DEVICE" --reps 5 --out "$OUT/overhead.json" 2>&1 | tee "$OUT/overhead.log" | sed -n 1,6p
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "gpu_check finished with status $status; results in $OUT"

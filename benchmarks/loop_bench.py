@@ -6,10 +6,12 @@ device) to ``step``, and a (batch,) tensor to the model. Timed, interleaved, med
 
 - ``model``: the model calls alone (the same 50 calls, no step);
 - ``ours`` / ``diffusers``: model + step;
-- ``graph`` (CUDA): the whole loop with our step replayed from one CUDA graph (:mod:`ddim.graphs`).
+- ``graph`` (CUDA): the whole loop with our step replayed from one CUDA graph (:mod:`ddim.graphs`);
+- ``graph_model`` (CUDA): the model calls alone, replayed from one CUDA graph.
 
-Scheduler share = (loop - model) / loop; "in step" = host time inside ``step`` / loop time, from one
-more loop (the robust figure on a busy CPU; on CUDA it also counts the waits of syncs). On CUDA the
+Scheduler share = (loop - model) / loop, graphed share = (graph - graph_model) / graph; "in step" =
+host time inside ``step`` / loop time, from one more loop (the robust figure on a busy CPU; on CUDA
+it also counts the waits of syncs). On CUDA the
 model runs in fp16, on the CPU in fp32; ``--quick`` shrinks the batches (and the CIFAR10 step count)
 so that it finishes in minutes on the CPU.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,6 +117,7 @@ def measure(
             model, ddim.DDIMScheduler(), shape, num_inference_steps=steps, eta=eta, generator=generator, dtype=dtype
         )
         fns["graph"] = lambda: graphed(x_t)
+        fns["graph_model"] = captured(model_only, device)
     with torch.no_grad():
         times = dict(zip(fns, interleaved_medians(list(fns.values()), device, reps, budget_s=0.0, cap=1), strict=True))
     row: dict[str, Any] = {"device": device.type, "model": name, "batch": batch, "steps": steps, "eta": eta}
@@ -131,7 +135,23 @@ def measure(
             torch.cuda.synchronize(device) if device.type == "cuda" else None
         row[f"{key}_in_step"] = timed.elapsed / (time.perf_counter() - start)
     row["graph_s"] = times.get("graph")
+    row["graph_model_s"] = times.get("graph_model")
+    if "graph" in times:
+        row["graph_share"] = (times["graph"] - times["graph_model"]) / times["graph"]
     return row
+
+
+def captured(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` (a loop of model calls) captured in a CUDA graph, after a warm-up on a side stream; its replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.no_grad():
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +198,8 @@ COLUMNS = [
     ("ours_s", "ours s", ".4f"),
     ("diffusers_s", "diffusers s", ".4f"),
     ("graph_s", "ours graphed s", ".4f"),
+    ("graph_model_s", "model graphed s", ".4f"),
+    ("graph_share", "graphed share", ".2%"),
     ("ours_share", "ours share", ".2%"),
     ("diffusers_share", "diffusers share", ".2%"),
     ("ours_in_step", "ours in step", ".2%"),

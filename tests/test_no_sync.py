@@ -84,20 +84,26 @@ def test_traced_step_has_no_graph_break(config: dict[str, Any], kwargs: dict[str
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks the absence of device syncs directly")
-def test_cuda_step_with_device_timestep_never_syncs() -> None:
+@pytest.mark.parametrize("first_step_builds_table", [True, False])
+def test_cuda_step_with_device_timestep_never_syncs(first_step_builds_table: bool) -> None:
+    """No sync in a step, also in the first, which uploads the coefficient table (pinned, non-blocking)."""
     scheduler = ready(clip_sample=True)
     m, x, z = (t.cuda() for t in inputs())
-    scheduler.step(m, torch.tensor(901, device="cuda"), x)  # builds and uploads the table once
-    scheduler.step(m, torch.tensor([901, 501, 1], device="cuda"), x, eta=0.5, variance_noise=z)
+    one, rows_t = torch.tensor(901, device="cuda"), torch.tensor([901, 501, 1], device="cuda")
+    if not first_step_builds_table:
+        scheduler.step(m, one, x)
+        scheduler.step(m, rows_t, x, eta=0.5, variance_noise=z)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        prev = scheduler.step(m, torch.tensor(901, device="cuda"), x).prev_sample
-        rows = scheduler.step(m, torch.tensor([901, 501, 1], device="cuda"), x, eta=0.5, variance_noise=z)
+        prev = scheduler.step(m, one, x).prev_sample
+        rows = scheduler.step(m, rows_t, x, eta=0.5, variance_noise=z)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(prev.cpu(), scheduler.step(m.cpu(), 901, x.cpu()).prev_sample, rtol=1e-5, atol=1e-6)
-    assert rows.prev_sample.device.type == "cuda"
+    for i, t in enumerate((901, 501, 1)):
+        expected = scheduler.step(m[i : i + 1].cpu(), t, x[i : i + 1].cpu(), eta=0.5, variance_noise=z[i : i + 1].cpu())
+        torch.testing.assert_close(rows.prev_sample[i : i + 1].cpu(), expected.prev_sample, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- per-row timesteps

@@ -52,6 +52,7 @@ from ddim.timesteps import (
     grid_prev_timesteps,
     spaced_timesteps,
 )
+from ddim.transfer import to_device_async
 from ddim.update import CoefficientGather, Coefficients, HostRow, X0Transform, compute_dtype, ddim_update
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -220,7 +221,7 @@ class DDIMStepping:
         device_key = (*key, device, dtype)
         cached = self._tables.get(device_key)
         if cached is None:
-            cached = self._host_table(key)[0].to(device=device, dtype=dtype)
+            cached = to_device_async(self._host_table(key)[0], device, dtype)
             self._tables[device_key] = cached
         return cached
 

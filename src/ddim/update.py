@@ -87,7 +87,26 @@ def threshold_scale(x0: torch.Tensor, ratio: float, max_value: float) -> torch.T
     """Per batch row s = clamp(quantile(|x0|, ratio), 1, max_value), shape (B,) (Imagen, arXiv 2205.11487, 2.3)."""
     flat = x0.reshape(x0.shape[0], -1)
     work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-    return torch.quantile(work.abs(), ratio, dim=1).clamp(min=1, max=max_value)
+    return row_quantile(work.abs(), ratio).clamp(min=1, max=max_value)
+
+
+def row_quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of each row of a 2-D tensor, shape (B,); the numbers of ``torch.quantile(rows, q, dim=1)``.
+
+    Linear interpolation between order statistics: with the row sorted ascending and r = q (n - 1)
+    (in the rows' dtype), value = lerp(sorted[floor r], sorted[ceil r], r - floor r); a row holding a
+    NaN gives NaN. Unlike ``torch.quantile`` it reads nothing on the host and traces under
+    ``torch.compile(fullgraph=True)`` (no data-dependent check of q).
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q={q!r} is out of range; a quantile must be in [0, 1]")
+    ordered = rows.sort(dim=1).values
+    last = ordered.shape[1] - 1
+    rank = torch.full((ordered.shape[0], 1), q, dtype=ordered.dtype, device=ordered.device) * last
+    rank = rank.masked_fill(ordered.isnan().any(dim=1, keepdim=True), last)
+    below = rank.long()
+    above = rank.ceil().long()
+    return torch.lerp(ordered.gather(1, below), ordered.gather(1, above), rank - below).squeeze(1)
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
