@@ -1,14 +1,15 @@
-"""Pool the DDIM (S=50, eta=0) vs DDPM cells at N=1000 of two `ddim eval` runs with disjoint seeds.
+"""Pool the DDIM (S=50, eta=0) vs DDPM cells at one N of `ddim eval` runs with disjoint seeds.
 
 Usage: python docs/eval/combine_seeds.py docs/eval/table1.json docs/eval/seeds_5_14/table1.json
+       python docs/eval/combine_seeds.py --count 2000 docs/eval/n2000/table1.json
 Prints each side's per-seed FIDs, mean +- std, the ratio of means, and a 95% bootstrap interval of that
 ratio (seeds resampled with replacement, each side independently, 20,000 times, numpy seed 0).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
 import numpy as np
 
@@ -25,8 +26,10 @@ def pooled(paths: list[str], steps: int, eta: float, count: int) -> np.ndarray:
     return np.asarray(values)
 
 
-def main(paths: list[str]) -> None:
-    ddim, ddpm = pooled(paths, 50, 0.0, 1000), pooled(paths, DDPM_STEPS, 1.0, 1000)
+def main(paths: list[str], count: int) -> None:
+    ddim, ddpm = pooled(paths, 50, 0.0, count), pooled(paths, DDPM_STEPS, 1.0, count)
+    if ddim.size == 0 or ddpm.size == 0:
+        raise SystemExit(f"no DDIM (S=50, eta=0) or DDPM cell at N={count} in {paths}")
     for name, values in (("DDIM S=50 eta=0", ddim), ("DDPM S=1000", ddpm)):
         spread = seed_spread(values.tolist())
         print(f"{name}: {len(values)} seeds, {values.mean():.2f} +- {spread:.2f}", values.round(2).tolist())
@@ -37,4 +40,8 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", help="table1.json files of `ddim eval` runs")
+    parser.add_argument("--count", type=int, default=1000, help="samples per seed N of the cells (default: 1000)")
+    arguments = parser.parse_args()
+    main(arguments.reports, arguments.count)
