@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from ddim.evaluation import DDPM_STEPS, CellResult, find, seed_spread
+from ddim.evaluation import DDPM_COUNT, DDPM_STEPS, REFERENCE_STEPS, CellResult, find, seed_spread
 
 
 def pooled(paths: list[str], steps: int, eta: float, count: int) -> np.ndarray:
@@ -27,7 +27,7 @@ def pooled(paths: list[str], steps: int, eta: float, count: int) -> np.ndarray:
 
 
 def main(paths: list[str], count: int) -> None:
-    ddim, ddpm = pooled(paths, 50, 0.0, count), pooled(paths, DDPM_STEPS, 1.0, count)
+    ddim, ddpm = pooled(paths, REFERENCE_STEPS, 0.0, count), pooled(paths, DDPM_STEPS, 1.0, count)
     if ddim.size == 0 or ddpm.size == 0:
         raise SystemExit(f"no DDIM (S=50, eta=0) or DDPM cell at N={count} in {paths}")
     for name, values in (("DDIM S=50 eta=0", ddim), ("DDPM S=1000", ddpm)):
@@ -42,6 +42,8 @@ def main(paths: list[str], count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", help="table1.json files of `ddim eval` runs")
-    parser.add_argument("--count", type=int, default=1000, help="samples per seed N of the cells (default: 1000)")
+    parser.add_argument(
+        "--count", type=int, default=DDPM_COUNT, help=f"samples per seed N of the cells (default: {DDPM_COUNT})"
+    )
     arguments = parser.parse_args()
     main(arguments.reports, arguments.count)
