@@ -5,7 +5,7 @@ Prints, and plots to ``--plot`` (default ``ddim_convergence.png``; needs matplot
 1. the error of DDIM (eta = 0) against the exact ODE solution for Gaussian data, versus the number
    of steps N, and the fitted log-log slope (first order: about -1);
 2. the invert-then-sample reconstruction error (per-pixel MSE) versus N for a Gaussian mixture and,
-   when ``ddim.digits`` and its weights are present, for the trained digits model (DDIM paper, Table 2);
+   when ``ddim.app.digits`` and its weights are present, for the trained digits model (DDIM paper, Table 2);
 3. the largest gap between an eta = 1 step and the DDPM posterior step.
 
 Run: ``python benchmarks/ddim_convergence.py`` (about a minute on one CPU core).
@@ -56,7 +56,7 @@ def reconstruction(model: Model, scheduler: ddim.DDIMScheduler, x0: torch.Tensor
 
 def digits_reconstruction() -> list[float] | None:
     try:
-        from ddim import digits
+        from ddim.app import digits
 
         model, scheduler = digits.load_pretrained()
     except (ImportError, OSError, ValueError) as error:

@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from ddim.evaluation import DDPM_COUNT, DDPM_STEPS, REFERENCE_STEPS, CellResult, find, seed_spread
+from ddim.app.evaluation import DDPM_COUNT, DDPM_STEPS, REFERENCE_STEPS, CellResult, find, seed_spread
 
 
 def pooled(paths: list[str], steps: int, eta: float, count: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 import sys
 
-from ddim.cli import main
+from ddim.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,185 @@
+"""``ddim eval``: the DDIM paper's Table 1 on the embedded model (digits-FID against S and eta)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ddim.app import evaluation
+from ddim.app.cli.common import (
+    UsageError,
+    add_model_options,
+    load_model,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    save_text,
+    write_atomically,
+)
+from ddim.app.digits.fid import DigitsFID
+from ddim.scheduler import DDIMScheduler
+
+#: Largest samples-per-seed count of a column (all N samples of a seed are held in memory for the metric).
+MAX_COUNT = 100_000
+
+
+def step_count(text: str) -> tuple[int, int]:
+    """argparse type for ``S:N``: S sampling steps (1..1000) with N samples per seed (2..MAX_COUNT)."""
+    try:
+        steps, count = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not S:N (two integers, e.g. 50:1000)") from None
+    if not 1 <= steps <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: S must be in 1..1000")
+    return steps, sample_count(str(count))
+
+
+def sample_count(text: str) -> int:
+    """argparse type for a samples-per-seed count N (2..MAX_COUNT)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 2 <= count <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{text!r}: N must be in 2..{MAX_COUNT}")
+    return count
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="reproduce the paper's Table 1 (digits-FID against steps and eta) on the embedded model",
+        description="digits-FID for S in {10,20,50,100,1000} x eta in {0,0.2,0.5,1} (+ DDPM = eta 1 at S 1000); "
+        "writes table1.json, table1.md and table1.png to --out-dir and prints the table.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="reduced grid (S 10,20,50 at N=300; eta 0,1; 2 seeds), < 2 min"
+    )
+    parser.add_argument(
+        "--counts",
+        type=step_count,
+        nargs="+",
+        default=None,
+        metavar="S:N",
+        help="steps S and samples per seed N of each column (default: "
+        + " ".join(f"{s}:{n}" for s, n in evaluation.TABLE1_COUNTS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--etas", type=non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
+    )
+    parser.add_argument(
+        "--ddpm-count",
+        type=sample_count,
+        default=None,
+        metavar="N",
+        help="samples per seed of the DDIM (S=50, eta=0) vs DDPM comparison, run at that N besides the grid "
+        f"(default: {evaluation.DDPM_COUNT} for the full grid; none with --quick or --counts)",
+    )
+    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per cell (default: 5)")
+    parser.add_argument(
+        "--first-seed",
+        type=non_negative_int,
+        default=0,
+        help="the seeds are FIRST_SEED, FIRST_SEED+1, ... (default: 0); adds seeds to an earlier run's cells",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=evaluation.EVAL_BATCH_SIZE,
+        help=f"samples per model call; the samples depend on it (default: {evaluation.EVAL_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--clip-sample",
+        action="store_true",
+        help="sample with diffusers' default clip_sample=True (x_0 clipped, eps not): shows the trap in the README",
+    )
+    parser.add_argument(
+        "--use-clipped-model-output",
+        action="store_true",
+        help="with --clip-sample: recompute eps from the clipped x_0 (diffusers' fix for the trap)",
+    )
+    parser.add_argument("--out-dir", type=Path, default=Path("eval"), help="output folder (default: ./eval)")
+    add_model_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        counts, etas, seeds, ddpm_count = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2, None
+    else:
+        counts, etas, seeds = dict(evaluation.TABLE1_COUNTS), list(evaluation.TABLE1_ETAS), args.seeds
+        ddpm_count = None if args.counts else evaluation.DDPM_COUNT
+    ddpm_count = args.ddpm_count or ddpm_count
+    counts = dict(args.counts) if args.counts else counts
+    etas = args.etas or etas
+    if not args.out_dir.is_dir():
+        raise UsageError(f"--out-dir {str(args.out_dir)!r} is not an existing folder")
+    loaded = load_model(args.model, args.device)
+    if loaded.sample_shape != (1, 8, 8):
+        raise UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
+    scheduler = loaded.scheduler
+    if args.clip_sample:
+        scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)  # type: ignore[assignment]
+    fid = DigitsFID()
+    cells = evaluation.table1_cells(counts, etas, ddpm_count)
+    seed_list = list(range(args.first_seed, args.first_seed + seeds))
+    bar = progress_bar(len(cells) * seeds, args.progress)
+    results = []
+    started = time.perf_counter()
+    for cell in cells:
+        bar.set_postfix_str(f"S={cell.steps} eta={cell.eta:g} N={cell.count}")
+        results.append(
+            evaluation.run_cell(
+                loaded.model,
+                scheduler,
+                cell,
+                seed_list,
+                fid,
+                args.device,
+                on_seed=lambda: bar.update(),
+                use_clipped_model_output=args.use_clipped_model_output,
+                batch_size=args.batch_size,
+            )
+        )
+    bar.close()
+    report: dict[str, Any] = {
+        "model": loaded.description,
+        "scheduler": {k: v for k, v in scheduler.config.items() if not k.startswith("_")},
+        "use_clipped_model_output": args.use_clipped_model_output,
+        "seeds": seed_list,
+        "counts": {str(k): v for k, v in sorted(counts.items())},
+        "ddpm_count": ddpm_count,
+        "batch_size": args.batch_size,
+        "cells": [r.as_dict() for r in results],
+        "floor": evaluation.floor_and_ceiling(fid, sorted({c.count for c in cells}), seed_list),
+        "targets": evaluation.check_targets(results, counts, ddpm_count),
+        "seconds_total": time.perf_counter() - started,
+    }
+    markdown = evaluation.markdown_report(report)
+    save_text(args.out_dir / "table1.json", json.dumps(report, indent=1, default=float) + "\n")
+    save_text(args.out_dir / "table1.md", markdown)
+    write_atomically(args.out_dir / "table1.png", lambda tmp: evaluation.plot_report(report, str(tmp)))
+    print(markdown)
+    print(f"wrote {args.out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
+    return 0
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix_str(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar over ``total`` units (or a silent stand-in)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="seed-run", desc="ddim eval")

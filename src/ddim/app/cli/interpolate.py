@@ -1,0 +1,64 @@
+"""``ddim interpolate``: slerp between the x_T of two seeds and decode each point (DDIM paper, sec. 5.3)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ddim.app.cli.common import (
+    add_model_options,
+    check_output_path,
+    configure_spacing,
+    image_grid,
+    load_model,
+    non_negative_int,
+    positive_int,
+    save_png,
+    timed,
+    to_uint8,
+)
+from ddim.app.seeding import row_generators
+from ddim.interpolation import slerp
+from ddim.noise import randn_like_diffusers
+from ddim.sampling import sample
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "interpolate",
+        help="decode a slerp between two seeds' x_T into a PNG strip (DDIM paper, sec. 5.3)",
+        description="Spherical interpolation between the x_T of sample 0 of two seeds (the first image of "
+        "`ddim sample --seed A` and of `--seed B`), decoded with deterministic DDIM (eta 0).",
+    )
+    parser.add_argument(
+        "--seeds", type=non_negative_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
+    )
+    parser.add_argument("--frames", type=positive_int, default=9, help="points on the path, ends included (default: 9)")
+    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default: 50)")
+    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None, help="timestep spacing")
+    add_model_options(parser)
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("interpolation.png"), help="PNG (default: interpolation.png)"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_output_path(args.output)
+    with timed() as elapsed:
+        loaded = load_model(args.model, args.device)
+        scheduler = configure_spacing(loaded.scheduler, args.spacing)
+        shape = (1, *loaded.sample_shape)
+        ends = [randn_like_diffusers(shape, row_generators(seed, 0, 1), device=args.device) for seed in args.seeds]
+        weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
+        latents = slerp(ends[0], ends[1], weights).reshape(args.frames, *loaded.sample_shape)
+        frames = sample(loaded.model, scheduler, noise=latents, num_inference_steps=args.steps, progress=args.progress)
+        scale = max(1, 48 // loaded.sample_shape[-2])
+        save_png(args.output, image_grid(to_uint8(frames.cpu()), args.frames, scale))
+    print(
+        f"wrote {args.output} ({args.frames} frames from seed {args.seeds[0]} to seed {args.seeds[1]}) "
+        f"in {elapsed[0]:.1f} s"
+    )
+    return 0

@@ -1,0 +1,108 @@
+"""``ddim sample``: draw samples with DDIM and write them as a PNG grid."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from ddim.app.cli.common import (
+    LoadedModel,
+    add_model_options,
+    add_sampling_options,
+    check_output_path,
+    configure_spacing,
+    image_grid,
+    load_model,
+    positive_int,
+    save_png,
+    timed,
+    to_uint8,
+)
+from ddim.app.cli.sharded import add_sharded_options, run_sharded
+from ddim.app.seeding import row_generators
+from ddim.sampling import sample
+from ddim.scheduler import DDIMScheduler
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="generate samples (default: 64 digits from the embedded model, 50 DDIM steps, eta 0)",
+        description="Generate samples with DDIM and write an upscaled PNG grid.",
+    )
+    parser.add_argument("-n", "--num-samples", type=positive_int, default=64, help="number of samples (default: 64)")
+    add_sampling_options(parser)
+    add_model_options(parser)
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("samples.png"), help="PNG grid (default: samples.png)"
+    )
+    parser.add_argument("--scale", type=positive_int, default=None, help="pixel upscaling (default: 48 / height)")
+    add_sharded_options(parser)
+    parser.set_defaults(run=run)
+
+
+def generate_samples(
+    loaded: LoadedModel,
+    scheduler: DDIMScheduler,
+    count: int,
+    *,
+    steps: int,
+    eta: float,
+    seed: int,
+    batch_size: int,
+    device: str,
+    progress: bool,
+    start: int = 0,
+) -> torch.Tensor:
+    """Samples ``start .. start + count - 1`` of ``seed``: sample i's x_T and noise depend on seed and i only.
+
+    The model's rounding can depend on the batch size (CPU conv/linear kernels), so the bits of a
+    sample may change with ``batch_size``; ``--out-dir`` runs fixed micro-batches for bit-identity.
+    """
+    batches = []
+    for first in range(start, start + count, batch_size):
+        size = min(batch_size, start + count - first)
+        batches.append(
+            sample(
+                loaded.model,
+                scheduler,
+                (size, *loaded.sample_shape),
+                num_inference_steps=steps,
+                eta=eta,
+                generator=row_generators(seed, first, size),
+                device=device,
+                progress=progress,
+            ).cpu()
+        )
+    return torch.cat(batches)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out_dir is not None:
+        return run_sharded(args)
+    check_output_path(args.output)
+    with timed() as elapsed:
+        loaded = load_model(args.model, args.device)
+        scheduler = configure_spacing(loaded.scheduler, args.spacing)
+        samples = generate_samples(
+            loaded,
+            scheduler,
+            args.num_samples,
+            steps=args.steps,
+            eta=args.eta,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=args.progress,
+        )
+        scale = args.scale or max(1, 48 // loaded.sample_shape[-2])
+        columns = math.ceil(math.sqrt(args.num_samples))
+        save_png(args.output, image_grid(to_uint8(samples), columns, scale))
+    print(
+        f"wrote {args.output} ({args.num_samples} samples of the {loaded.description}, {args.steps} steps, "
+        f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""Sharded, resumable sample generation on one process or many (``torchrun``, torch.distributed)."""
