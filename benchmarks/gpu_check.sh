@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check for issue 3 (about 4 minutes on an H100; 3.5 with GPU_CHECK_QUICK=1, which runs the
+# One prepared GPU check of the CUDA paths (about 4 minutes on an H100; 3.5 with GPU_CHECK_QUICK=1, which runs the
 # step benchmark at 1x4x64x64 and the memory-bound size in fp32 only). Writes everything under $OUT.
 #
 #   1. the CUDA tests: Triton kernel vs the torch path, one launch and no sync per step, graph capture
@@ -45,8 +45,8 @@ else
 fi
 
 echo "== 1. CUDA tests"
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_fused_update.py tests/test_graphs.py tests/test_precision.py \
-    tests/test_no_sync.py tests/test_update_helpers.py -rfE --tb=short -k "cuda or graph or sync or host" 2>&1 | tee "$OUT/tests.log" | tail -40
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/library/test_fused_update.py tests/library/test_graphs.py tests/library/test_precision.py \
+    tests/library/test_no_sync.py tests/library/test_update_helpers.py -rfE --tb=short -k "cuda or graph or sync or host" 2>&1 | tee "$OUT/tests.log" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo "== 2. step benchmark ($DEVICE)"

@@ -1,6 +1,6 @@
 """Print the size and the largest deviations of the differential suite against diffusers 0.42.1.
 
-Runs every case of ``tests/test_differential.py`` (same seeded configurations) and prints the number of
+Runs every case of ``tests/library/test_differential.py`` (same seeded configurations) and prints the number of
 configurations, cases (config x eta x dtype x use_clipped_model_output) and comparisons, then the largest
 relative deviation of each kind (see that module for the metric). Run:
 ``OMP_NUM_THREADS=1 python benchmarks/parity_report.py``.
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITE = Path(__file__).resolve().parent.parent / "tests" / "test_differential.py"
+SUITE = Path(__file__).resolve().parent.parent / "tests" / "library" / "test_differential.py"
 
 
 def main() -> int:

@@ -2,9 +2,12 @@
 
 from ddim.guidance import rescale_noise_cfg
 from ddim.interpolation import slerp
-from ddim.inverse import DDIMInverseScheduler, invert
+from ddim.inverse_scheduler import DDIMInverseScheduler
+from ddim.inversion import invert
+from ddim.model import Model, NonFiniteOutputError
 from ddim.output import DDIMSchedulerOutput
-from ddim.sampling import NonFiniteOutputError, SamplingOutput, sample
+from ddim.paper_step import ddim_step
+from ddim.sampling import SamplingOutput, sample
 from ddim.scheduler import DDIMScheduler
 
 __version__ = "0.1.0"
@@ -13,9 +16,11 @@ __all__ = [
     "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
+    "Model",
     "NonFiniteOutputError",
     "SamplingOutput",
     "__version__",
+    "ddim_step",
     "invert",
     "rescale_noise_cfg",
     "sample",

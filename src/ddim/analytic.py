@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+from ddim.prediction import PREDICTION_TYPES, model_output_from
+from ddim.validation import ArgumentValueError, check_choice
 
 
 class GaussianMixtureModel:
@@ -46,19 +47,16 @@ class GaussianMixtureModel:
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod).detach().double().cpu()
         self.means = torch.as_tensor(means, dtype=torch.float64)
         if self.means.ndim < 2:
-            raise ValueError(f"means must have shape (K, *event_shape), got {tuple(self.means.shape)}")
+            raise ArgumentValueError(f"means must have shape (K, *event_shape), got {tuple(self.means.shape)}")
         k = self.means.shape[0]
         self.stds = torch.as_tensor(stds, dtype=torch.float64).reshape(-1).expand(k).clone()
         if not bool((self.stds > 0).all()):
-            raise ValueError(f"stds must be > 0, got {self.stds.tolist()}")
+            raise ArgumentValueError(f"stds must be > 0, got {self.stds.tolist()}")
         raw = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         if raw.shape != (k,) or not bool((raw > 0).all()):
-            raise ValueError(f"weights must be {k} positive numbers, got {raw.tolist()}")
+            raise ArgumentValueError(f"weights must be {k} positive numbers, got {raw.tolist()}")
         self.weights = raw / raw.sum()
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"prediction_type={prediction_type!r} is not supported; allowed values are {PREDICTION_TYPES}"
-            )
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         self.prediction_type = prediction_type
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -91,15 +89,12 @@ class GaussianMixtureModel:
         return ((1 - a).sqrt() * weighted.sum(1)).reshape(x.shape)
 
     def prediction(self, x_t: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
-        """The output from eps*: x_0 = (x - sqrt(1-a) eps)/sqrt(a), v = sqrt(a) eps - sqrt(1-a) x_0."""
+        """The output of ``prediction_type`` that means eps* (:func:`ddim.prediction.model_output_from`)."""
         eps = self.epsilon(x_t, alpha)
-        a = self.per_row(alpha, x_t)
         if self.prediction_type == "epsilon":
-            out = eps
-        else:
-            x0 = (x_t.double() - (1 - a).sqrt() * eps) / a.sqrt()
-            out = x0 if self.prediction_type == "sample" else a.sqrt() * eps - (1 - a).sqrt() * x0
-        return out.to(x_t.dtype)
+            return eps.to(x_t.dtype)
+        a = self.per_row(alpha, x_t)
+        return model_output_from(x_t.double(), eps, a, self.prediction_type).to(x_t.dtype)
 
     def sample_data(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``num_samples`` x_0 from the mixture (float64, on the CPU)."""

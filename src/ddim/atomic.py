@@ -8,23 +8,46 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: The suffix of the temporary files (named ``.{target name}.{random}.tmp``, next to the target).
+TEMP_SUFFIX = ".tmp"
 
-def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> None:
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any], durable: bool = False) -> None:
     """Call ``write(temporary_path)`` next to ``path``, then ``os.replace`` it onto ``path``.
 
     Readers never see a partial file; when ``write`` (or the rename) fails the temporary file is
-    removed and the error propagates (``OSError`` for an unwritable folder).
+    removed and the error propagates (``OSError`` for an unwritable folder). The file gets mode
+    0o666 less the umask. ``durable`` also fsyncs the file before the rename and the folder after
+    it, so that the file survives a crash of the machine.
     """
     target = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
     os.close(handle)
     try:
         write(Path(temporary))
         os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes the file private (0600)
+        if durable:
+            fsync(temporary)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync(target.parent)
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` with :func:`write_atomically` (durable unless told otherwise)."""
+    write_atomically(path, lambda temporary: temporary.write_bytes(data), durable=durable)
+
+
+def fsync(path: str | os.PathLike[str]) -> None:
+    """Flush a file's or a folder's data to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def current_umask() -> int:

@@ -7,13 +7,8 @@ is::
     x_prev = sqrt(a') * x0 + sqrt(1 - a' - sigma^2) * eps + sigma * z  # eq. 12
     sigma  = eta * sqrt((1 - a') / (1 - a)) * sqrt(1 - a / a')        # eq. 16
 
-For every prediction type the predicted x0 and eps are linear in (x_t, model_output) m::
-
-    epsilon: x0 = x/sqrt(a) - sqrt(1-a)/sqrt(a) m,   eps = m
-    sample:  x0 = m,                                 eps = x/sqrt(1-a) - sqrt(a)/sqrt(1-a) m
-    v:       x0 = sqrt(a) x - sqrt(1-a) m,           eps = sqrt(1-a) x + sqrt(a) m   (arXiv 2202.00512, sec. 4)
-
-so the whole update folds into six numbers per timestep::
+For every prediction type the predicted x0 and eps are linear in (x_t, model_output) m
+(:func:`ddim.prediction.prediction_coefficients`), so the whole update folds into six numbers per timestep::
 
     x0     = X0_X * x + X0_M * m            (then clipped or thresholded, if configured)
     x_prev = PREV_X0 * x0 + PREV_X * x + PREV_M * m + STD * z
@@ -31,6 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ddim.prediction import PREDICTION_TYPES, prediction_coefficients
+from ddim.validation import ArgumentValueError, check_choice
+
 X0_X, X0_M, PREV_X0, PREV_X, PREV_M, STD = range(6)
 NUM_COLUMNS = 6
 
@@ -40,7 +38,7 @@ class UpdateTerms:
     """Which coefficients of a table are structurally non-zero (known without reading the table).
 
     The update reads only the present terms, so the same code serves float and tensor coefficients
-    without branching on values.
+    without branching on values. Derived from :func:`step_coefficients` by :func:`update_terms`.
     """
 
     x0_is_model_output: bool
@@ -50,12 +48,31 @@ class UpdateTerms:
 
 
 def update_terms(prediction_type: str, transforms_x0: bool, use_clipped_model_output: bool) -> UpdateTerms:
-    """Structural zero pattern of :func:`step_coefficient_table` for a configuration."""
-    if not transforms_x0:
-        return UpdateTerms(prediction_type == "sample", prev_x0=False, prev_x=True, prev_m=True)
-    if use_clipped_model_output:
-        return UpdateTerms(prediction_type == "sample", prev_x0=True, prev_x=True, prev_m=False)
-    return UpdateTerms(prediction_type == "sample", prev_x0=True, prev_x=prediction_type != "epsilon", prev_m=True)
+    """Structural zero pattern of :func:`step_coefficients` for a configuration (a lookup: traceable)."""
+    terms = UPDATE_TERMS.get((prediction_type, bool(transforms_x0), bool(use_clipped_model_output)))
+    if terms is None:
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        raise ArgumentValueError(
+            f"no update terms for {prediction_type!r}, {transforms_x0!r}, {use_clipped_model_output!r}"
+        )
+    return terms
+
+
+def derive_update_terms(prediction_type: str, transforms_x0: bool, use_clipped_model_output: bool) -> UpdateTerms:
+    """Read the zero pattern off :func:`step_coefficients` at one generic pair of alphas.
+
+    A structural zero is an exact zero there (:func:`ddim.prediction.prediction_coefficients` and the
+    folding make zeros with ``zeros_like``); a coefficient non-zero there is non-zero for generic alphas.
+    """
+    alpha_t, alpha_prev = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64)
+    values = step_coefficients(alpha_t, alpha_prev, 0.0, prediction_type, transforms_x0, use_clipped_model_output)
+    row = values.tolist()
+    return UpdateTerms(
+        x0_is_model_output=row[X0_X] == 0.0 and row[X0_M] == 1.0,
+        prev_x0=row[PREV_X0] != 0.0,
+        prev_x=row[PREV_X] != 0.0,
+        prev_m=row[PREV_M] != 0.0,
+    )
 
 
 def alpha_prev(alphas_cumprod: torch.Tensor, prev_timesteps: torch.Tensor, final_alpha_cumprod: float) -> torch.Tensor:
@@ -84,30 +101,21 @@ def step_coefficients(
     serve the tabulated eager path and a traced ``torch.compile`` graph.
     """
     a, ap = alpha_t, alpha_t_prev
+    x0_x, x0_m, eps_x, eps_m = prediction_coefficients(a, prediction_type)  # eq. 9
     sa, sb, sap = a.sqrt(), (1 - a).sqrt(), ap.sqrt()
     # eta = 0 needs no variance, which is undefined at abar_t = 1 (the first step of an inversion).
-    std = eta * ddim_variance(a, ap).sqrt() if eta > 0 else torch.zeros_like(a)
+    std = eta * ddim_variance(a, ap).sqrt() if eta > 0 else torch.zeros_like(a)  # eq. 16
     # With eta <= 1 the radicand is >= 0 in exact arithmetic; clamp rounding-level negatives
     # (e.g. zero terminal SNR at eta = 1), leave a genuinely negative one (eta > 1) to give NaN.
     radicand = 1 - ap - std**2
     if eta <= 1:
         radicand = radicand.clamp(min=0.0)
     direction = radicand.sqrt()
-    zero, one = torch.zeros_like(a), torch.ones_like(a)
-    if prediction_type == "epsilon":
-        x0_x, x0_m, eps_x, eps_m = 1 / sa, -sb / sa, zero, one
-    elif prediction_type == "sample":
-        x0_x, x0_m, eps_x, eps_m = zero, one, 1 / sb, -sa / sb
-    elif prediction_type == "v_prediction":
-        x0_x, x0_m, eps_x, eps_m = sa, -sb, sb, sa
-    else:
-        raise ValueError(
-            f"prediction_type={prediction_type!r} is not supported; "
-            "allowed values are ['epsilon', 'sample', 'v_prediction']"
-        )
+    zero = torch.zeros_like(a)
+    # eq. 12: x_prev = sqrt(a') x0 + direction * eps, with x0 and eps linear in (x, m) unless x0 is transformed.
     if not transforms_x0:
         prev = (zero, sap * x0_x + direction * eps_x, sap * x0_m + direction * eps_m)
-    elif use_clipped_model_output:
+    elif use_clipped_model_output:  # eps re-derived from the transformed x0: (x - sqrt(a) x0) / sqrt(1 - a)
         prev = (sap - direction * sa / sb, direction / sb, zero)
     else:
         prev = (sap, direction * eps_x, direction * eps_m)
@@ -140,3 +148,12 @@ def step_coefficient_table(
     NaN rows stay NaN, so an out-of-range timestep clamped to -1 or T gives NaN, never a wrong number.
     """
     return step_coefficients(pairs[:, 0], pairs[:, 1], eta, prediction_type, transforms_x0, use_clipped_model_output)
+
+
+#: The zero pattern of every configuration, derived once at import.
+UPDATE_TERMS: dict[tuple[str, bool, bool], UpdateTerms] = {
+    (kind, transforms, clipped): derive_update_terms(kind, transforms, clipped)
+    for kind in PREDICTION_TYPES
+    for transforms in (False, True)
+    for clipped in (False, True)
+}

@@ -16,16 +16,16 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import torch
 
+from ddim.validation import ArgumentTypeError, ArgumentValueError
+
 CONFIG_NAME = "scheduler_config.json"
 #: The diffusers release whose behaviour and file format this package reproduces.
 DIFFUSERS_COMPAT_VERSION = "0.42.1"
-#: Keys of a config file that carry metadata rather than constructor arguments.
-METADATA_KEYS = ("_class_name", "_diffusers_version", "_use_default_values")
 
 
 class FrozenConfig(OrderedDict):  # type: ignore[type-arg,unused-ignore]
@@ -44,7 +44,7 @@ class FrozenConfig(OrderedDict):  # type: ignore[type-arg,unused-ignore]
         object.__setattr__(self, "_FrozenConfig__sealed", True)
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"{type(self).__name__} items cannot be changed; build a new config with from_config")
+        raise ArgumentTypeError(f"{type(self).__name__} items cannot be changed; build a new config with from_config")
 
     __delitem__ = _refuse
     setdefault = _refuse
@@ -94,13 +94,15 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
-        raise ValueError(f"cannot read scheduler config {os.fspath(path)!r}: {error}") from error
+        raise ArgumentValueError(f"cannot read scheduler config {os.fspath(path)!r}: {error}") from error
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"scheduler config {os.fspath(path)!r} is not valid JSON: {error}") from error
+        raise ArgumentValueError(f"scheduler config {os.fspath(path)!r} is not valid JSON: {error}") from error
     if not isinstance(data, dict):
-        raise ValueError(f"scheduler config {os.fspath(path)!r} must hold a JSON object, got {type(data).__name__}")
+        raise ArgumentValueError(
+            f"scheduler config {os.fspath(path)!r} must hold a JSON object, got {type(data).__name__}"
+        )
     return data
 
 
@@ -114,7 +116,7 @@ def resolve_config_path(path: str | os.PathLike[str], subfolder: str | None = No
     candidate = base / CONFIG_NAME
     if candidate.is_file():
         return candidate
-    raise ValueError(
+    raise ArgumentValueError(
         f"no {CONFIG_NAME} found at {os.fspath(base)!r}; pass a local folder holding it, "
         "or the file itself (hub downloads are not supported)"
     )
@@ -179,10 +181,22 @@ class ConfigMixin:
         """The constructor's parameter names, in order."""
         return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
 
+    @overload
+    @classmethod
+    def from_config(
+        cls: type[S], config: Mapping[str, Any] | Any = ..., return_unused_kwargs: Literal[False] = ..., **kwargs: Any
+    ) -> S: ...
+
+    @overload
+    @classmethod
+    def from_config(
+        cls: type[S], config: Mapping[str, Any] | Any = ..., *, return_unused_kwargs: Literal[True], **kwargs: Any
+    ) -> tuple[S, dict[str, Any]]: ...
+
     @classmethod
     def from_config(
         cls: type[S],
-        config: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | Any = None,
         return_unused_kwargs: bool = False,
         **kwargs: Any,
     ) -> S | tuple[S, dict[str, Any]]:
@@ -199,7 +213,7 @@ class ConfigMixin:
         if hasattr(config, "config") and not isinstance(config, Mapping):
             config = config.config
         if not isinstance(config, Mapping):
-            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+            raise ArgumentTypeError(f"config must be a mapping, got {type(config).__name__}")
         used_defaults = set(config.get("_use_default_values", []) or [])
         source = {k: v for k, v in config.items() if k not in used_defaults and k != "_use_default_values"}
         keys = cls.init_keys()
@@ -234,10 +248,10 @@ class ConfigMixin:
     def save_config(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write ``scheduler_config.json`` into ``save_directory`` (created if needed)."""
         if push_to_hub:
-            raise ValueError("push_to_hub=True is not supported: this package never contacts a hub")
+            raise ArgumentValueError("push_to_hub=True is not supported: this package never contacts a hub")
         folder = Path(save_directory)
         if folder.is_file():
-            raise ValueError(f"save_directory={os.fspath(folder)!r} is a file; pass a directory")
+            raise ArgumentValueError(f"save_directory={os.fspath(folder)!r} is a file; pass a directory")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / self.config_name).write_text(self.to_json_string(), encoding="utf-8")
 
@@ -252,6 +266,27 @@ class ConfigMixin:
         """Read a config from a local file or folder (``subfolder`` as in diffusers)."""
         return read_config_file(resolve_config_path(pretrained_model_name_or_path, subfolder))
 
+    @overload
+    @classmethod
+    def from_pretrained(
+        cls: type[S],
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        subfolder: str | None = ...,
+        return_unused_kwargs: Literal[False] = ...,
+        **kwargs: Any,
+    ) -> S: ...
+
+    @overload
+    @classmethod
+    def from_pretrained(
+        cls: type[S],
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        subfolder: str | None = ...,
+        *,
+        return_unused_kwargs: Literal[True],
+        **kwargs: Any,
+    ) -> tuple[S, dict[str, Any]]: ...
+
     @classmethod
     def from_pretrained(
         cls: type[S],
@@ -262,4 +297,6 @@ class ConfigMixin:
     ) -> S | tuple[S, dict[str, Any]]:
         """Load a scheduler from a local ``scheduler_config.json`` (a file, a folder, or a folder's subfolder)."""
         config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
-        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        if return_unused_kwargs:
+            return cls.from_config(config, return_unused_kwargs=True, **kwargs)
+        return cls.from_config(config, **kwargs)

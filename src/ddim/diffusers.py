@@ -4,7 +4,7 @@ Needs the optional extra ``ddim[diffusers]``. The class *is* a diffusers schedul
 checks of pipelines pass, diffusers' ``ConfigMixin``/``SchedulerMixin`` provide ``config``,
 ``from_config``, ``save_pretrained``, ``from_pretrained`` and ``compatibles``), while the schedule and
 the hot paths (``set_timesteps``, ``step``, ``add_noise``, ``get_velocity``, ``scale_model_input``)
-run on this package's core (:class:`ddim.scheduler.DDIMStepping`), with its validation, float64
+run on this package's core (:class:`ddim.stepping.DDIMStepping`), with its validation, float64
 coefficient tables and sync-free tensor timesteps.
 
 Saving and loading in a pipeline: ``pipe.save_pretrained`` records the component in
@@ -35,7 +35,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from ddim.scheduler import DDIMScheduler as CoreScheduler
-from ddim.scheduler import DDIMStepping
+from ddim.stepping import DDIMStepping
 
 __all__ = ["DDIMScheduler", "DDIMSchedulerOutput", "SchedulerMixin"]
 # ``SchedulerMixin`` must be an attribute of this module: when loading a component declared as

@@ -22,14 +22,31 @@ that replay reproducible. A CPU generator cannot feed a graph (its draws are hos
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
+from ddim.model import Model
 from ddim.noise import Generator
+from ddim.validation import ArgumentTypeError, ArgumentValueError, check_int
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+class GraphableScheduler(Protocol):
+    """What a CUDA-graphed loop needs of a scheduler: its grid and a diffusers-style ``step``.
+
+    ``ddim.DDIMScheduler`` and ``ddim.diffusers.DDIMScheduler`` provide it (and diffusers' own
+    ``DDIMScheduler`` does too, though its step reads the timestep on the host and cannot be captured).
+    """
+
+    timesteps: torch.Tensor
+    num_inference_steps: int | None
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None: ...
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """A diffusers-style step taking ``eta``, ``use_clipped_model_output``, ``generator``, ``return_dict``."""
 
 
 @dataclass(frozen=True)
@@ -41,13 +58,14 @@ class SamplingPlan:
     model_timesteps: torch.Tensor
 
     @classmethod
-    def build(cls, scheduler: object, batch_size: int, device: torch.device | str | None = None) -> SamplingPlan:
+    def build(
+        cls, scheduler: GraphableScheduler, batch_size: int, device: torch.device | str | None = None
+    ) -> SamplingPlan:
         """Plan for ``scheduler.timesteps`` (after ``set_timesteps``) on ``device`` (default: theirs)."""
-        timesteps = getattr(scheduler, "timesteps", None)
-        if getattr(scheduler, "num_inference_steps", None) is None or timesteps is None:
-            raise ValueError("scheduler has no timesteps; call scheduler.set_timesteps(n, device=...) first")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} is out of range; it must be an int >= 1")
+        if scheduler.num_inference_steps is None:
+            raise ArgumentValueError("scheduler has no timesteps; call scheduler.set_timesteps(n, device=...) first")
+        check_int("batch_size", batch_size, minimum=1)
+        timesteps = scheduler.timesteps
         steps = timesteps.to(device if device is not None else timesteps.device, torch.int64)
         model_timesteps = steps.unsqueeze(1).expand(len(steps), batch_size).contiguous()
         return cls(tuple(steps.unbind(0)), model_timesteps)
@@ -55,7 +73,7 @@ class SamplingPlan:
 
 def run_steps(
     model: Model,
-    scheduler: object,
+    scheduler: GraphableScheduler,
     x: torch.Tensor,
     plan: SamplingPlan,
     eta: float = 0.0,
@@ -67,10 +85,9 @@ def run_steps(
     Reads nothing on the host when the plan, ``x`` and the generators are on the GPU, so it can be
     captured in a CUDA graph; on the CPU it is the plain loop.
     """
-    step = getattr(scheduler, "step")  # noqa: B009 (any diffusers-style scheduler)
     for t, t_batch in zip(plan.step_timesteps, plan.model_timesteps, strict=True):
         output = model(x, t_batch)
-        x = step(
+        x = scheduler.step(
             output,
             t,
             x,
@@ -100,9 +117,9 @@ def cuda_generators(generator: Generator, device: torch.device) -> list[torch.Ge
     found = [generator] if isinstance(generator, torch.Generator) else list(generator)
     for g in found:
         if not isinstance(g, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or a list of them, got {type(g).__name__}")
+            raise ArgumentTypeError(f"generator must be a torch.Generator or a list of them, got {type(g).__name__}")
         if g.device.type != device.type:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"generator on {g.device} cannot feed a CUDA graph on {device}; "
                 f"use torch.Generator(device={str(device)!r})"
             )
@@ -121,7 +138,7 @@ class GraphedSampler:
     def __init__(
         self,
         model: Model,
-        scheduler: object,
+        scheduler: GraphableScheduler,
         shape: Sequence[int],
         *,
         num_inference_steps: int = 50,
@@ -135,11 +152,10 @@ class GraphedSampler:
     ) -> None:
         target = torch.device(device)
         if target.type != "cuda" or not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r}: CUDA-graph capture needs an available CUDA device")
-        if isinstance(warmup_runs, bool) or not isinstance(warmup_runs, int) or warmup_runs < 1:
-            raise ValueError(f"warmup_runs={warmup_runs!r} is out of range; it must be an int >= 1")
+            raise ArgumentValueError(f"device={str(device)!r}: CUDA-graph capture needs an available CUDA device")
+        check_int("warmup_runs", warmup_runs, minimum=1)
         generators = cuda_generators(generator, target)
-        scheduler.set_timesteps(num_inference_steps, device=target)  # type: ignore[attr-defined]
+        scheduler.set_timesteps(num_inference_steps, device=target)
         shape = tuple(int(s) for s in shape)
         self.plan = SamplingPlan.build(scheduler, shape[0], target)
         self.static_input = torch.randn(shape, device=target, dtype=dtype)
@@ -164,7 +180,9 @@ class GraphedSampler:
     def __call__(self, x_T: torch.Tensor) -> torch.Tensor:
         """x_0 for the initial noise ``x_T`` (same shape as the captured input)."""
         if x_T.shape != self.static_input.shape:
-            raise ValueError(f"x_T shape {tuple(x_T.shape)} must equal the captured {tuple(self.static_input.shape)}")
+            raise ArgumentValueError(
+                f"x_T shape {tuple(x_T.shape)} must equal the captured {tuple(self.static_input.shape)}"
+            )
         self.static_input.copy_(x_T)
         self.graph.replay()
         return self.static_output.clone()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ddim.update import compute_dtype
+from ddim.validation import ArgumentTypeError, ArgumentValueError
 
 #: Below this angle (radians) between the two latents slerp falls back to linear interpolation.
 PARALLEL_ANGLE = 1e-6
@@ -22,12 +23,14 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, weight: float | torch.Tensor) -> t
     K interpolants stacked in a new first dimension. Half precision is computed in float32.
     """
     if not isinstance(x0, torch.Tensor) or not isinstance(x1, torch.Tensor):
-        raise TypeError(f"x0 and x1 must be tensors, got {type(x0).__name__} and {type(x1).__name__}")
+        raise ArgumentTypeError(f"x0 and x1 must be tensors, got {type(x0).__name__} and {type(x1).__name__}")
     if x0.shape != x1.shape or x0.ndim == 0:
-        raise ValueError(f"x0 shape {tuple(x0.shape)} and x1 shape {tuple(x1.shape)} must be equal and batch-first")
+        raise ArgumentValueError(
+            f"x0 shape {tuple(x0.shape)} and x1 shape {tuple(x1.shape)} must be equal and batch-first"
+        )
     weights = torch.as_tensor(weight, dtype=torch.float64)
     if weights.ndim > 1 or bool(((weights < 0) | (weights > 1) | weights.isnan()).any()):
-        raise ValueError(f"weight={weight!r} must be a number or a 1-D tensor of numbers in [0, 1]")
+        raise ArgumentValueError(f"weight={weight!r} must be a number or a 1-D tensor of numbers in [0, 1]")
     work = compute_dtype(x0.dtype)
     a, b = x0.to(work), x1.to(work)
     flat_a, flat_b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)

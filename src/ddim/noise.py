@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ddim.validation import ArgumentTypeError, ArgumentValueError
+
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -30,7 +32,7 @@ def randn_like_diffusers(
     if isinstance(generator, Sequence) and not isinstance(generator, torch.Generator):
         generators = list(generator)
         if len(generators) != shape[0]:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"generator is a list of {len(generators)} generators; it must hold one per batch row "
                 f"(batch size {shape[0]})"
             )
@@ -42,7 +44,9 @@ def randn_like_diffusers(
     if generator is None:
         return torch.randn(shape, device=target, dtype=dtype)
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, a list of them, or None; got {type(generator).__name__}")
+        raise ArgumentTypeError(
+            f"generator must be a torch.Generator, a list of them, or None; got {type(generator).__name__}"
+        )
     return torch.randn(shape, generator=generator, device=_draw_device(generator, target), dtype=dtype).to(target)
 
 
@@ -52,4 +56,4 @@ def _draw_device(generator: torch.Generator, target: torch.device) -> torch.devi
         return target
     if kind == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"cannot draw a {target.type} tensor from a generator on device {kind!r}")
+    raise ArgumentValueError(f"cannot draw a {target.type} tensor from a generator on device {kind!r}")

@@ -17,6 +17,8 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from ddim.validation import ArgumentValueError
+
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
 
@@ -59,7 +61,9 @@ def make_betas(
         return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
     if beta_schedule == "squaredcos_cap_v2":
         return cosine_betas(num_train_timesteps)
-    raise ValueError(f"beta_schedule={beta_schedule!r} is not supported; allowed values are {list(BETA_SCHEDULES)}")
+    raise ArgumentValueError(
+        f"beta_schedule={beta_schedule!r} is not supported; allowed values are {list(BETA_SCHEDULES)}"
+    )
 
 
 def betas_from_array(
@@ -68,14 +72,14 @@ def betas_from_array(
     """Validate explicit betas: a 1-D sequence of length T with every value in (0, 1]."""
     betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32)
     if betas.ndim != 1 or betas.numel() != num_train_timesteps:
-        raise ValueError(
+        raise ArgumentValueError(
             f"trained_betas must be a 1-D sequence of num_train_timesteps={num_train_timesteps} values, "
             f"got shape {tuple(betas.shape)}"
         )
     bad = ~((betas > 0) & (betas <= 1))
     if bool(bad.any()):
         index = int(torch.nonzero(bad)[0])
-        raise ValueError(f"trained_betas must lie in (0, 1]; trained_betas[{index}]={float(betas[index])!r}")
+        raise ArgumentValueError(f"trained_betas must lie in (0, 1]; trained_betas[{index}]={float(betas[index])!r}")
     return betas
 
 

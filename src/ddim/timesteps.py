@@ -16,6 +16,8 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from ddim.validation import ArgumentTypeError, ArgumentValueError
+
 TimestepSpacing = Literal["leading", "trailing", "linspace", "quadratic"]
 TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 
@@ -23,12 +25,12 @@ TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 def check_num_inference_steps(num_inference_steps: object, num_train_timesteps: int) -> int:
     """Return ``num_inference_steps`` as an int after checking 1 <= N <= T."""
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"num_inference_steps must be an int, got {num_inference_steps!r} ({type(num_inference_steps).__name__})"
         )
     n = int(num_inference_steps)
     if not 1 <= n <= num_train_timesteps:
-        raise ValueError(
+        raise ArgumentValueError(
             f"num_inference_steps={n} is out of range; allowed values are 1..num_train_timesteps={num_train_timesteps}"
         )
     return n
@@ -66,7 +68,7 @@ def spaced_timesteps(
     elif timestep_spacing == "quadratic":
         grid = quadratic_timesteps(num_train_timesteps, num_inference_steps)
     else:
-        raise ValueError(
+        raise ArgumentValueError(
             f"timestep_spacing={timestep_spacing!r} is not supported; allowed values are {list(TIMESTEP_SPACINGS)}"
         )
     return np.ascontiguousarray(grid)
@@ -75,17 +77,17 @@ def spaced_timesteps(
 def check_grid(timesteps: np.ndarray, num_train_timesteps: int, what: str = "timesteps") -> None:
     """Raise ``ValueError`` unless ``timesteps`` is 1-D, in [0, T) and strictly decreasing."""
     if timesteps.ndim != 1 or timesteps.size == 0:
-        raise ValueError(f"{what} must be a non-empty 1-D sequence, got shape {timesteps.shape}")
+        raise ArgumentValueError(f"{what} must be a non-empty 1-D sequence, got shape {timesteps.shape}")
     out_of_range = (timesteps < 0) | (timesteps >= num_train_timesteps)
     if out_of_range.any():
         bad = int(timesteps[np.argmax(out_of_range)])
-        raise ValueError(
+        raise ArgumentValueError(
             f"{what} contains {bad}, outside the allowed range [0, num_train_timesteps={num_train_timesteps})"
         )
     steps = np.diff(timesteps)
     if (steps >= 0).any():
         i = int(np.argmax(steps >= 0))
-        raise ValueError(
+        raise ArgumentValueError(
             f"{what} must be strictly decreasing; got {int(timesteps[i])} followed by {int(timesteps[i + 1])}"
         )
 
@@ -126,14 +128,14 @@ def original_ddim_timesteps(num_train_timesteps: int, num_steps: int, skip_type:
     if skip_type == "uniform":
         skip = num_train_timesteps // num_steps
         if skip < 1:
-            raise ValueError(
+            raise ArgumentValueError(
                 f"num_steps={num_steps} is out of range; allowed 1..num_train_timesteps={num_train_timesteps}"
             )
         return np.arange(0, num_train_timesteps, skip, dtype=np.int64)
     if skip_type == "quad":
         seq = np.linspace(0, np.sqrt(num_train_timesteps * 0.8), num_steps) ** 2
         return np.array([int(s) for s in seq], dtype=np.int64)
-    raise ValueError(f"skip_type={skip_type!r} is not supported; allowed values are ['uniform', 'quad']")
+    raise ArgumentValueError(f"skip_type={skip_type!r} is not supported; allowed values are ['uniform', 'quad']")
 
 
 def as_timestep_grid(timesteps: object, num_train_timesteps: int) -> np.ndarray:
@@ -146,7 +148,7 @@ def as_timestep_grid(timesteps: object, num_train_timesteps: int) -> np.ndarray:
         timesteps = timesteps.detach().cpu().numpy()
     array = np.asarray(timesteps)
     if array.dtype == np.bool_ or array.dtype.kind not in "iu":
-        raise TypeError(f"timesteps must hold integers, got {array.dtype} values {array.tolist()!r:.80}")
+        raise ArgumentTypeError(f"timesteps must hold integers, got {array.dtype} values {array.tolist()!r:.80}")
     grid = np.ascontiguousarray(array.astype(np.int64))
     check_grid(grid, num_train_timesteps)
     return grid

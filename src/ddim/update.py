@@ -28,6 +28,8 @@ import torch
 
 from ddim.coefficients import NUM_COLUMNS, PREV_M, PREV_X, PREV_X0, STD, X0_M, X0_X, UpdateTerms
 from ddim.kernels.hugepages import empty_cpu
+from ddim.thresholding import X0Transform, threshold_scale
+from ddim.validation import ArgumentValueError
 
 Coefficient = float | torch.Tensor
 
@@ -36,19 +38,6 @@ CPU_CHUNK_THRESHOLD = 1 << 21
 #: Elements per chunk: at most torch's parallel grain (32768), so each operation runs on one thread; a
 #: chunk loop of multi-threaded operations stalls at every barrier when the cores are oversubscribed.
 CPU_CHUNK = 1 << 15
-
-
-@dataclass(frozen=True)
-class X0Transform:
-    """What is done to the predicted x0 before it is used: nothing, clipping or dynamic thresholding."""
-
-    clip_range: float | None = None
-    threshold_ratio: float | None = None
-    threshold_max: float = 1.0
-
-    @property
-    def active(self) -> bool:
-        return self.clip_range is not None or self.threshold_ratio is not None
 
 
 @dataclass(frozen=True)
@@ -83,49 +72,6 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def threshold_scale(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Per batch row s = clamp(quantile(|x0|, ratio), 1, max_value), shape (B,) (Imagen, arXiv 2205.11487, 2.3)."""
-    flat = x0.reshape(x0.shape[0], -1)
-    work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-    return row_quantile(work.abs(), ratio).clamp(min=1, max=max_value)
-
-
-def row_quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile of each row of a 2-D tensor, shape (B,); the numbers of ``torch.quantile(rows, q, dim=1)``.
-
-    Linear interpolation between order statistics: with the row sorted ascending and r = q (n - 1)
-    (in the rows' dtype), value = lerp(sorted[floor r], sorted[ceil r], r - floor r); a row holding a
-    NaN gives NaN. Unlike ``torch.quantile`` it reads nothing on the host and traces under
-    ``torch.compile(fullgraph=True)`` (no data-dependent check of q).
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q={q!r} is out of range; a quantile must be in [0, 1]")
-    ordered = rows.sort(dim=1).values
-    last = ordered.shape[1] - 1
-    rank = torch.full((ordered.shape[0], 1), q, dtype=ordered.dtype, device=ordered.device) * last
-    rank = rank.masked_fill(ordered.isnan().any(dim=1, keepdim=True), last)
-    below = rank.long()
-    above = rank.ceil().long()
-    return torch.lerp(ordered.gather(1, below), ordered.gather(1, above), rank - below).squeeze(1)
-
-
-def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Dynamic thresholding (Imagen, arXiv 2205.11487, sec. 2.3): x0 <- clamp(x0, -s, s) / s, s per row."""
-    s = threshold_scale(x0, ratio, max_value).unsqueeze(1)
-    flat = x0.reshape(x0.shape[0], -1)
-    work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-    return (torch.clamp(work, -s, s) / s).to(x0.dtype).reshape(x0.shape)
-
-
-def transform_x0(x0: torch.Tensor, transform: X0Transform) -> torch.Tensor:
-    """Apply the configured clipping (to [-r, r]) or dynamic thresholding to a predicted x0."""
-    if transform.threshold_ratio is not None:
-        return dynamic_threshold(x0, transform.threshold_ratio, transform.threshold_max)
-    if transform.clip_range is not None:
-        return x0.clamp(-transform.clip_range, transform.clip_range)
-    return x0
-
-
 def coefficient_rows(coefficients: Coefficients, like: torch.Tensor) -> torch.Tensor | None:
     """The coefficients as a (b, 6) tensor on ``like``'s device (b is 1 or the batch size), or ``None``
     when they are six Python floats (host timestep: no device tensor is made for them)."""
@@ -136,16 +82,18 @@ def coefficient_rows(coefficients: Coefficients, like: torch.Tensor) -> torch.Te
     elif isinstance(coefficients, torch.Tensor):
         rows = coefficients
     elif len(coefficients) != NUM_COLUMNS:
-        raise ValueError(f"coefficients must hold {NUM_COLUMNS} values, got {len(coefficients)}")
+        raise ArgumentValueError(f"coefficients must hold {NUM_COLUMNS} values, got {len(coefficients)}")
     elif not any(isinstance(c, torch.Tensor) for c in coefficients):
         return None
     else:
         rows = torch.stack([torch.as_tensor(c, device=like.device).reshape(-1) for c in coefficients], dim=-1)
     if rows.shape[-1] != NUM_COLUMNS or rows.ndim > 2:
-        raise ValueError(f"coefficient rows must have shape (6,) or (B, 6), got {tuple(rows.shape)}")
+        raise ArgumentValueError(f"coefficient rows must have shape (6,) or (B, 6), got {tuple(rows.shape)}")
     rows = rows.reshape(-1, NUM_COLUMNS)
     if rows.shape[0] not in (1, like.shape[0]):
-        raise ValueError(f"{rows.shape[0]} coefficient rows for a batch of {like.shape[0]}; need 1 or one per row")
+        raise ArgumentValueError(
+            f"{rows.shape[0]} coefficient rows for a batch of {like.shape[0]}; need 1 or one per row"
+        )
     return rows.to(device=like.device, dtype=compute_dtype(like.dtype))
 
 

@@ -1,7 +1,8 @@
 """Argument checks shared by every public call: one grammar, one exception class per kind of mistake.
 
-- a value of the wrong type raises ``TypeError``: ``"{name} must be {what}, got {value!r} ({type})"``;
-- a value of the right type outside what is allowed raises ``ValueError``:
+- a value of the wrong type raises ``TypeError`` (:class:`ArgumentTypeError`):
+  ``"{name} must be {what}, got {value!r} ({type})"``;
+- a value of the right type outside what is allowed raises ``ValueError`` (:class:`ArgumentValueError`):
   ``"{name}={value!r} is out of range; allowed values are {allowed}"`` (numbers) or
   ``"{name}={value!r} is not supported; allowed values are [...]"`` (choices).
 
@@ -20,14 +21,26 @@ import numpy as np
 T = TypeVar("T")
 
 
-def type_error(name: str, value: object, what: str) -> TypeError:
+class ArgumentValueError(ValueError):
+    """An argument of the right type whose value is not allowed (raised by every check of this module)."""
+
+
+class ArgumentTypeError(TypeError):
+    """An argument of the wrong type (raised by every check of this module)."""
+
+
+#: The errors that mean "the caller passed a bad argument": what an application reports as a usage error.
+ARGUMENT_ERRORS = (ArgumentValueError, ArgumentTypeError)
+
+
+def type_error(name: str, value: object, what: str) -> ArgumentTypeError:
     """The ``TypeError`` for ``value`` given as ``name`` where ``what`` is expected."""
-    return TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    return ArgumentTypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
 
 
-def range_error(name: str, value: object, allowed: str) -> ValueError:
+def range_error(name: str, value: object, allowed: str) -> ArgumentValueError:
     """The ``ValueError`` for ``name=value`` outside ``allowed``."""
-    return ValueError(f"{name}={value!r} is out of range; allowed values are {allowed}")
+    return ArgumentValueError(f"{name}={value!r} is out of range; allowed values are {allowed}")
 
 
 def is_int(value: object) -> bool:
@@ -80,7 +93,7 @@ def check_bool(name: str, value: object) -> bool:
 def check_choice(name: str, value: T, allowed: Sequence[T]) -> T:
     """``value`` after checking it is one of ``allowed``."""
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed values are {list(allowed)}")
+        raise ArgumentValueError(f"{name}={value!r} is not supported; allowed values are {list(allowed)}")
     return value
 
 

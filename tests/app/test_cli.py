@@ -87,6 +87,7 @@ def test_different_seeds_give_different_samples(tmp_path: Path, capsys: pytest.C
     assert images[0] != images[1]
 
 
+@pytest.mark.slow
 def test_python_dash_m_ddim_runs(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "ddim", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
@@ -216,6 +217,7 @@ def test_interpolation_ends_are_the_seeds_first_samples(tmp_path: Path, capsys: 
     assert last.tobytes() == only.tobytes()
 
 
+@pytest.mark.slow
 def test_eval_writes_table_json_markdown_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -251,6 +253,7 @@ def test_eval_writes_table_json_markdown_and_plot(tmp_path: Path, capsys: pytest
     assert report["ddpm_count"] is None and report["batch_size"] == 500
 
 
+@pytest.mark.slow
 def test_eval_runs_the_ddpm_comparison_at_its_own_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -267,6 +270,7 @@ def test_eval_runs_the_ddpm_comparison_at_its_own_count(tmp_path: Path, capsys: 
     assert "| DDPM (S=1000, eta=1) | 3 |" in stdout
 
 
+@pytest.mark.slow
 def test_eval_first_seed_adds_seeds_that_match_a_run_from_zero(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

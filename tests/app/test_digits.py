@@ -108,7 +108,7 @@ def test_readme_example_runs() -> None:
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("<!-- section:main-job (issue 5) -->") : text.index("<!-- /section:main-job -->")]
+    section = text[text.index("<!-- example:embedded-model -->") : text.index("<!-- /example:embedded-model -->")]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     assert len(blocks) == 1
     namespace: dict[str, object] = {}
@@ -117,6 +117,7 @@ def test_readme_example_runs() -> None:
     assert isinstance(images, np.ndarray) and images.shape == (16, 8, 8) and images.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_inversion_reconstruction_error_falls_with_n_on_the_digits_model() -> None:
     model, scheduler = load_pretrained()
     scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=False, thresholding=False)

@@ -103,6 +103,7 @@ def test_floor_rejects_bad_counts_and_skips_real_sets_smaller_than_the_count(fid
     assert large["resampled"] < large["noise"] / 100
 
 
+@pytest.mark.slow
 def test_resampled_floor_falls_with_the_count(fid: DigitsFID) -> None:
     small = [fid.floor_and_ceiling(100, seed)["resampled"] for seed in range(3)]
     large = [fid.floor_and_ceiling(1000, seed)["resampled"] for seed in range(3)]

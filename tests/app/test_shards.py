@@ -1,4 +1,4 @@
-"""Sharded, resumable generation (ddim.scaleout) in one process: seeds, partitioning, resume, verify, merge, errors.
+"""Sharded, resumable generation (ddim.app.shards) in one process: seeds, partitioning, resume, verify, merge, errors.
 
 The multi-process checks (torchrun, SIGKILL) are in test_shards_torchrun.py, which imports the helpers below.
 """
@@ -21,21 +21,21 @@ from hypothesis import strategies as st
 
 from ddim import DDIMScheduler
 from ddim.app.seeding import SEED_RULE, sample_generators, sample_seeds
-from ddim.app.shards.generation import (
-    MANIFEST_NAME,
+from ddim.app.shards import (
     FixedBatchModel,
     ProcessGroup,
     ShardError,
     generate_shards,
     load_samples,
     merge_shards,
-    model_description,
     rank_shards,
     read_manifest,
     shard_file,
     shard_ranges,
     verify_shards,
 )
+from ddim.app.shards.layout import MANIFEST_NAME
+from ddim.app.shards.manifest import model_description
 from ddim.sampling import sample
 
 SHAPE = (1, 8, 8)
@@ -467,7 +467,7 @@ def test_cli_refuses_zero_samples(tmp_path: Path) -> None:
 
 def test_readme_scale_out_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("<!-- section:scale-out") : readme.index("<!-- /section:scale-out")]
+    section = readme[readme.index("<!-- example:scale-out") : readme.index("<!-- /example:scale-out")]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""ddim.scaleout and `ddim sample --out-dir` under torchrun (gloo, CPU): 2 processes == 1, SIGKILL then resume, errors.
+"""ddim.app.shards and `ddim sample --out-dir` under torchrun (gloo, CPU): 2 processes == 1, SIGKILL, resume, errors.
 
 Run as a script, this file is the torchrun worker:
 ``python -m torch.distributed.run --standalone --nproc_per_node=K tests/app/test_shards_torchrun.py \
@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from test_shards import CLI_SAMPLE, SETTINGS, make_model, make_scheduler, run, shard_digests
 
-from ddim.app.shards.generation import generate_shards, load_samples, read_manifest, shard_file, verify_shards
+from ddim.app.shards import generate_shards, load_samples, read_manifest, shard_file, verify_shards
 
 TIMEOUT = 180
+
+pytestmark = pytest.mark.slow
 
 
 def worker(out_dir: str, num_samples: str, batch_size: str, delay: str, pid_dir: str) -> None:

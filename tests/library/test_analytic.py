@@ -1,4 +1,4 @@
-"""The exact analytic model: its predictions, DDIM's first-order convergence, and eta = 1 as DDPM (issue 4)."""
+"""The exact analytic model: its predictions, DDIM's first-order convergence, and eta = 1 as DDPM."""
 
 from __future__ import annotations
 

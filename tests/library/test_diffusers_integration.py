@@ -28,9 +28,9 @@ def test_is_a_diffusers_scheduler_running_our_core() -> None:
     scheduler = DDIMScheduler()
     assert isinstance(scheduler, diffusers.DDIMScheduler)
     assert isinstance(scheduler, SchedulerMixin)
-    assert isinstance(scheduler, ddim.scheduler.DDIMStepping)
+    assert isinstance(scheduler, ddim.stepping.DDIMStepping)
     for name in ("set_timesteps", "step", "add_noise", "get_velocity", "scale_model_input"):
-        assert getattr(DDIMScheduler, name) is getattr(ddim.scheduler.DDIMStepping, name), name
+        assert getattr(DDIMScheduler, name) is getattr(ddim.stepping.DDIMStepping, name), name
     scheduler.set_timesteps(10)
     x = torch.randn(2, 3, 8, 8)
     out = scheduler.step(torch.randn_like(x), scheduler.timesteps[0], x)
@@ -147,6 +147,7 @@ def test_ddim_pipeline_round_trip_gives_diffusers_class_as_documented(unet: UNet
     assert type(loaded.scheduler) is DDIMScheduler
 
 
+@pytest.mark.slow
 def test_core_never_imports_diffusers() -> None:
     """diffusers is an optional extra: importing and using ``ddim`` must not load it."""
     import subprocess

@@ -1,4 +1,4 @@
-"""Bad input: every case the issue lists raises ValueError/TypeError naming the parameter and the value.
+"""Bad input: every documented argument mistake raises ValueError/TypeError naming the parameter and the value.
 
 Includes the two inputs diffusers 0.42.1 mishandles (``steps_offset=1`` with N = T: IndexError inside
 ``step``; ``trailing`` with T=1000, N=61: a 62nd timestep of -1), where ours raises or stays valid.
@@ -128,9 +128,9 @@ def test_step_before_set_timesteps() -> None:
         DDIMScheduler().step(X, 10, X)
 
 
-@pytest.mark.parametrize("eta", [-0.1, float("-inf"), float("nan")])
-def test_negative_eta(eta: float) -> None:
-    with raises(ValueError, "eta=", "eta >= 0"):
+@pytest.mark.parametrize("eta", [-0.1, float("-inf"), float("nan"), float("inf")])
+def test_negative_or_non_finite_eta(eta: float) -> None:
+    with raises(ValueError, f"eta={eta!r}", "allowed values are >= 0"):
         ready().step(X, 900, X, eta=eta)
 
 

@@ -2,8 +2,9 @@
 processing, the Triton kernel (under ``TRITON_INTERPRET=1`` on the CPU, natively on CUDA), and no host
 reads with a device timestep.
 
-Expected values come from the DDIM formulas written out here in float64 (DDIM paper, eqs. 9, 12, 16),
-independently of ``ddim.coefficients``.
+Expected values come from ``ddim.ddim_step`` (the step in the paper's form) in float64; that function
+is itself checked against the DDIM formulas written out here (DDIM paper, eqs. 9, 12, 16),
+independently of ``ddim.coefficients`` and ``ddim.prediction``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ddim.update as update
-from ddim import DDIMScheduler
+from ddim import DDIMScheduler, ddim_step
 from ddim.update import CoefficientGather, torch_update
 
 N_STEPS = 10
@@ -80,6 +81,37 @@ def reference_step(
         prev_list.append(prev)
         x0_list.append(x0)
     return torch.stack(prev_list), torch.stack(x0_list)
+
+
+def paper_step(
+    s: DDIMScheduler,
+    t: torch.Tensor,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    z: torch.Tensor | None,
+    eta: float,
+    clipped: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ddim.ddim_step`` in float64 with this scheduler's alphas, one timestep per batch row in ``t``."""
+    alphas = s.alphas_cumprod.double()
+    landing = torch.tensor([s.previous_timestep(int(step)) for step in t])
+    final = torch.full_like(landing, 0, dtype=torch.float64) + float(s.final_alpha_cumprod)
+    alpha_prev = torch.where(landing >= 0, alphas[landing.clamp(min=0)], final)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    config = s.config
+    return ddim_step(
+        m.double(),
+        x.double(),
+        alphas[t].reshape(shape),
+        alpha_prev.reshape(shape),
+        eta=eta,
+        prediction_type=config.prediction_type,
+        clip_sample_range=config.clip_sample_range if config.clip_sample and not config.thresholding else None,
+        thresholding_ratio=config.dynamic_thresholding_ratio if config.thresholding else None,
+        sample_max_value=config.sample_max_value,
+        use_clipped_model_output=clipped,
+        noise=None if z is None else z.double(),
+    )
 
 
 class OpCounter(TorchDispatchMode):
@@ -149,7 +181,7 @@ def timestep_argument(s: DDIMScheduler, kind: str) -> tuple[Any, torch.Tensor]:
 @pytest.mark.parametrize("transform", list(TRANSFORMS))
 @pytest.mark.parametrize("kind", TIMESTEP_KINDS)
 @pytest.mark.parametrize("eta", [0.0, 0.7])
-def test_step_matches_the_paper_formulas(prediction: str, transform: str, kind: str, eta: float) -> None:
+def test_step_matches_the_paper_step(prediction: str, transform: str, kind: str, eta: float) -> None:
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
         for clipped in (False, True):
             s = scheduler(prediction, transform)
@@ -157,11 +189,49 @@ def test_step_matches_the_paper_formulas(prediction: str, transform: str, kind: 
             arg, per_row = timestep_argument(s, kind)
             noise = z if eta else None
             out = s.step(m, arg, x, eta=eta, use_clipped_model_output=clipped, variance_noise=noise)
-            prev, x0 = reference_step(s, per_row, x, m, noise, eta, clipped)
+            prev, x0 = paper_step(s, per_row, x, m, noise, eta, clipped)
             scale = max(float(prev.abs().max()), float(x0.abs().max()), 1.0)
             assert out.prev_sample.dtype == dtype
             torch.testing.assert_close(out.pred_original_sample.double(), x0, rtol=0, atol=tol * scale)
             torch.testing.assert_close(out.prev_sample.double(), prev, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+@pytest.mark.parametrize("eta", [0.0, 0.7, 1.0])
+def test_paper_step_matches_the_formulas_written_out(prediction: str, transform: str, eta: float) -> None:
+    s = scheduler(prediction, transform)
+    x, m, z = tensors(seed=5, dtype=torch.float64)
+    per_row = torch.stack([s.timesteps[i] for i in (0, 4, N_STEPS - 1)])
+    noise = z if eta else None
+    for clipped in (False, True):
+        ours = paper_step(s, per_row, x, m, noise, eta, clipped)
+        written_out = reference_step(s, per_row, x, m, noise, eta, clipped)
+        for a, b in zip(ours, written_out, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_paper_step_needs_noise_when_eta_is_positive_and_refuses_a_bad_eta() -> None:
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="eta > 0 needs noise"):
+        ddim_step(x, x, 0.5, 0.7, eta=0.5)
+    with pytest.raises(ValueError, match=r"eta=-1\.0 is out of range"):
+        ddim_step(x, x, 0.5, 0.7, eta=-1.0)
+    with pytest.raises(ValueError, match="prediction_type='x0' is not supported"):
+        ddim_step(x, x, 0.5, 0.7, prediction_type="x0")
+
+
+def test_paper_step_with_scalar_alphas_equals_the_scheduler_step() -> None:
+    s = DDIMScheduler(clip_sample=False, prediction_type="v_prediction")
+    s.set_timesteps(20)
+    x, m, _ = tensors(seed=9)
+    t = int(s.timesteps[3])
+    alpha_t, alpha_prev = float(s.alphas_cumprod[t]), float(s.alphas_cumprod[s.previous_timestep(t)])
+    prev, x0 = ddim_step(m, x, alpha_t, alpha_prev, prediction_type="v_prediction")
+    out = s.step(m, t, x)
+    assert prev.dtype == torch.float32
+    torch.testing.assert_close(prev, out.prev_sample, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x0, out.pred_original_sample, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -42,9 +42,12 @@ def test_plan_needs_timesteps_and_a_batch_size() -> None:
     with pytest.raises(ValueError, match="set_timesteps"):
         SamplingPlan.build(s, 2)
     s.set_timesteps(5)
-    for bad in (0, -1, 2.0, True):
-        with pytest.raises(ValueError, match="batch_size"):
-            SamplingPlan.build(s, bad)  # type: ignore[arg-type]
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size={bad} is out of range"):
+            SamplingPlan.build(s, bad)
+    for wrong in (2.0, True):
+        with pytest.raises(TypeError, match="batch_size must be an int"):
+            SamplingPlan.build(s, wrong)  # type: ignore[arg-type]
 
 
 def test_capture_needs_cuda_and_cuda_generators() -> None:

@@ -1,5 +1,5 @@
 """Timestep grids beyond diffusers: grid-based landing, custom grids, quadratic and original-code grids,
-and per-sample timesteps in ``step`` (issue 4)."""
+and per-sample timesteps in ``step``."""
 
 from __future__ import annotations
 

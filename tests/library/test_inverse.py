@@ -1,4 +1,4 @@
-"""Inversion (diffusers-compatible ``DDIMInverseScheduler`` and the exact-reverse ``invert``) and slerp (issue 4)."""
+"""Inversion (diffusers-compatible ``DDIMInverseScheduler`` and the exact-reverse ``invert``) and slerp."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ def compiled_step(scheduler: DDIMScheduler, backend: str, **kwargs: Any) -> Any:
     return torch.compile(step, fullgraph=True, backend=backend)
 
 
+@pytest.mark.slow
 def test_inductor_full_graph_matches_eager() -> None:
     """The real compiler, a 0-dim and a 1-D tensor timestep, clipping on: same numbers as eager."""
     scheduler = ready(clip_sample=True)

@@ -1,4 +1,4 @@
-"""Our scheduler inside real diffusers pipelines, built locally from tiny random components (issue 4).
+"""Our scheduler inside real diffusers pipelines, built locally from tiny random components.
 
 No hub access: the UNets, the VAE and the CLIP text encoder are randomly initialised, and the CLIP
 tokenizer is loaded from a vocabulary and merges file written here. Every pipeline runs once with

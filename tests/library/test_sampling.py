@@ -1,4 +1,4 @@
-"""``ddim.sample``: the sampling loop with guidance, inpainting, trajectories and checks (issue 4)."""
+"""``ddim.sample``: the sampling loop with guidance, inpainting, trajectories and checks."""
 
 from __future__ import annotations
 
@@ -328,8 +328,8 @@ def test_sampling_on_cuda_matches_the_cpu() -> None:
 # ----------------------------------------------------------------------------- README
 def readme_section_blocks() -> list[str]:
     text = README.read_text(encoding="utf-8")
-    start = text.index("<!-- section:beyond (issue 4) -->")
-    end = text.index("<!-- /section:beyond -->")
+    start = text.index("<!-- example:beyond -->")
+    end = text.index("<!-- /example:beyond -->")
     return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.DOTALL)
 
 

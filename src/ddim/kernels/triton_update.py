@@ -26,15 +26,20 @@ import torch
 import triton
 import triton.language as tl
 
-from ddim.coefficients import NUM_COLUMNS
-from ddim.update import (
-    CoefficientGather,
-    Coefficients,
-    X0Transform,
-    broadcast_columns,
-    coefficient_rows,
-    threshold_scale,
-)
+from ddim import coefficients as columns
+from ddim.thresholding import X0Transform, threshold_scale
+from ddim.update import CoefficientGather, Coefficients, broadcast_columns, coefficient_rows
+from ddim.validation import ArgumentValueError
+
+NUM_COLUMNS = columns.NUM_COLUMNS
+# The table's column positions, named once in ddim.coefficients, as compile-time constants of the kernel.
+COL_X0_X = tl.constexpr(columns.X0_X)
+COL_X0_M = tl.constexpr(columns.X0_M)
+COL_PREV_X0 = tl.constexpr(columns.PREV_X0)
+COL_PREV_X = tl.constexpr(columns.PREV_X)
+COL_PREV_M = tl.constexpr(columns.PREV_M)
+COL_STD = tl.constexpr(columns.STD)
+ROW_WIDTH = tl.constexpr(columns.NUM_COLUMNS)
 
 BLOCK = 2048
 NUM_WARPS = 8
@@ -80,21 +85,21 @@ def kernel() -> Any:
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < row_numel
         at = row * row_numel + offsets
-        if COEF_SOURCE == 0:
+        if COEF_SOURCE == 0:  # scalar arguments: the launcher passes them by column name (see fused_update)
             x0_x, x0_m, prev_x0, prev_x, prev_m, std = c0, c1, c2, c3, c4, c5
         else:
             if COEF_SOURCE == 2:
                 t = tl.load(index_ptr + row * index_row_stride).to(tl.int64)
                 t = tl.minimum(tl.maximum(t, -1), table_rows - 2)
-                coef = coef_ptr + ((t + table_rows) % table_rows) * 6
+                coef = coef_ptr + ((t + table_rows) % table_rows) * ROW_WIDTH
             else:
                 coef = coef_ptr + row * coef_row_stride
-            x0_x = tl.load(coef).to(tl.float32)
-            x0_m = tl.load(coef + 1).to(tl.float32)
-            prev_x0 = tl.load(coef + 2).to(tl.float32)
-            prev_x = tl.load(coef + 3).to(tl.float32)
-            prev_m = tl.load(coef + 4).to(tl.float32)
-            std = tl.load(coef + 5).to(tl.float32)
+            x0_x = tl.load(coef + COL_X0_X).to(tl.float32)
+            x0_m = tl.load(coef + COL_X0_M).to(tl.float32)
+            prev_x0 = tl.load(coef + COL_PREV_X0).to(tl.float32)
+            prev_x = tl.load(coef + COL_PREV_X).to(tl.float32)
+            prev_m = tl.load(coef + COL_PREV_M).to(tl.float32)
+            std = tl.load(coef + COL_STD).to(tl.float32)
         x = tl.load(x_ptr + at, mask=mask).to(tl.float32)
         m = tl.load(m_ptr + at, mask=mask).to(tl.float32)
         x0 = x0_x * x + x0_m * m
@@ -142,8 +147,10 @@ def fused_update(
         source, coef_ptr = FROM_ROWS, rows
         if rows.shape[0] > 1:
             per_row, coef_stride = True, NUM_COLUMNS
-    else:
-        source, scalars = FROM_ARGS, [float(c) for c in coefficients]
+    else:  # six numbers, passed as c0..c5 = X0_X, X0_M, PREV_X0, PREV_X, PREV_M, STD
+        values = [float(c) for c in coefficients]
+        names = (columns.X0_X, columns.X0_M, columns.PREV_X0, columns.PREV_X, columns.PREV_M, columns.STD)
+        source, scalars = FROM_ARGS, [values[i] for i in names]
     mode, clip = X0_PLAIN, 0.0
     if transform.threshold_ratio is not None:
         raw = coefficient_x0(x, m, coefficients)
@@ -153,7 +160,9 @@ def fused_update(
         mode, clip = X0_CLIP, float(transform.clip_range)
     rows_count = batch if per_row else 1
     if rows_count > MAX_GRID_ROWS:
-        raise ValueError(f"batch size {batch} exceeds {MAX_GRID_ROWS} rows of per-row coefficients or thresholds")
+        raise ArgumentValueError(
+            f"batch size {batch} exceeds {MAX_GRID_ROWS} rows of per-row coefficients or thresholds"
+        )
     row_numel = x.numel() // rows_count
     grid = (triton.cdiv(row_numel, BLOCK), rows_count)
     kernel()[grid](
@@ -184,4 +193,4 @@ def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Coefficients)
     """The untransformed x0 = X0_X x + X0_M m in float32 (input to the per-row threshold scale)."""
     rows = coefficient_rows(coefficients, x)
     c = list(coefficients) if rows is None else broadcast_columns(rows, x.ndim)  # type: ignore[arg-type]
-    return x.float() * c[0] + m.float() * c[1]
+    return x.float() * c[columns.X0_X] + m.float() * c[columns.X0_M]

@@ -15,6 +15,13 @@ import torch
 
 from ddim import __version__
 from ddim.app.cli.common import UsageError, positive_int
+from ddim.model import NonFiniteOutputError
+from ddim.validation import ARGUMENT_ERRORS
+
+#: What ``ddim`` reports as one line with exit code 2: usage errors, and the library's documented
+#: argument errors (a bad value or type that reached a check) and non-finite model output. Anything
+#: else is a bug and surfaces as a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, *ARGUMENT_ERRORS, NonFiniteOutputError)
 
 #: Subcommand modules under ``ddim.app.cli``, in the order ``ddim --help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = ("sample", "invert", "interpolate", "eval", "train", "merge", "verify")
@@ -52,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         return int(args.run(args))
-    except (UsageError, ValueError, TypeError) as error:
+    except USER_ERRORS as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"ddim {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from ddim import atomic
+from ddim.app.images import image_grid as image_grid
+from ddim.app.images import to_uint8 as to_uint8
+from ddim.app.images import write_png
 from ddim.scheduler import DDIMScheduler
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -160,36 +163,10 @@ def configure_spacing(scheduler: DDIMScheduler, spacing: str | None) -> DDIMSche
     """``scheduler`` with ``timestep_spacing`` replaced when ``spacing`` is given."""
     if spacing is None or spacing == scheduler.config.timestep_spacing:
         return scheduler
-    return DDIMScheduler.from_config(scheduler.config, timestep_spacing=spacing)  # type: ignore[return-value]
+    return DDIMScheduler.from_config(scheduler.config, timestep_spacing=spacing)
 
 
 # --------------------------------------------------------------------------- images
-def image_grid(images: np.ndarray, columns: int, scale: int, pad: int = 3) -> np.ndarray:
-    """uint8 images (N, H, W) or (N, H, W, 3) tiled into one image, each pixel scaled up ``scale`` times."""
-    if images.ndim == 3:
-        images = images[..., None]
-    count, height, width, channels = images.shape
-    rows = max(1, math.ceil(count / columns))
-    cell_h, cell_w = height * scale + pad, width * scale + pad
-    canvas = np.full((rows * cell_h + pad, columns * cell_w + pad, channels), 110, dtype=np.uint8)
-    big = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    for index in range(count):
-        r, c = divmod(index, columns)
-        canvas[
-            pad + r * cell_h : pad + r * cell_h + height * scale, pad + c * cell_w : pad + c * cell_w + width * scale
-        ] = big[index]
-    return canvas[..., 0] if channels == 1 else canvas
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Samples (N, C, H, W) in [-1, 1] -> uint8 (N, H, W) for C = 1, (N, H, W, 3) for C = 3."""
-    from ddim.app.digits import to_images
-
-    if x.shape[1] == 1:
-        return to_images(x)
-    return np.stack([to_images(x[:, c]) for c in range(3)], axis=-1)
-
-
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     """:func:`ddim.atomic.write_atomically`, with ``UsageError`` when ``path`` cannot be written."""
     folder = path.parent if str(path.parent) else Path(".")
@@ -203,9 +180,7 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
 
 def save_png(path: Path, image: np.ndarray) -> None:
     """Write a uint8 grey (H, W) or RGB (H, W, 3) image as PNG, atomically."""
-    from PIL import Image
-
-    write_atomically(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    write_atomically(path, lambda tmp: write_png(tmp, image))
 
 
 def save_text(path: Path, text: str) -> None:

@@ -9,16 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ddim.app import evaluation
-from ddim.app.cli.common import (
-    UsageError,
-    add_model_options,
-    load_model,
-    non_negative_float,
-    non_negative_int,
-    positive_int,
-    save_text,
-    write_atomically,
-)
+from ddim.app.cli import common
 from ddim.app.digits.fid import DigitsFID
 from ddim.scheduler import DDIMScheduler
 
@@ -69,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + ")",
     )
     parser.add_argument(
-        "--etas", type=non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
+        "--etas", type=common.non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
     )
     parser.add_argument(
         "--ddpm-count",
@@ -79,16 +70,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="samples per seed of the DDIM (S=50, eta=0) vs DDPM comparison, run at that N besides the grid "
         f"(default: {evaluation.DDPM_COUNT} for the full grid; none with --quick or --counts)",
     )
-    parser.add_argument("--seeds", type=positive_int, default=5, help="seeds per cell (default: 5)")
+    parser.add_argument("--seeds", type=common.positive_int, default=5, help="seeds per cell (default: 5)")
     parser.add_argument(
         "--first-seed",
-        type=non_negative_int,
+        type=common.non_negative_int,
         default=0,
         help="the seeds are FIRST_SEED, FIRST_SEED+1, ... (default: 0); adds seeds to an earlier run's cells",
     )
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=common.positive_int,
         default=evaluation.EVAL_BATCH_SIZE,
         help=f"samples per model call; the samples depend on it (default: {evaluation.EVAL_BATCH_SIZE})",
     )
@@ -103,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --clip-sample: recompute eps from the clipped x_0 (diffusers' fix for the trap)",
     )
     parser.add_argument("--out-dir", type=Path, default=Path("eval"), help="output folder (default: ./eval)")
-    add_model_options(parser)
+    common.add_model_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -117,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
     counts = dict(args.counts) if args.counts else counts
     etas = args.etas or etas
     if not args.out_dir.is_dir():
-        raise UsageError(f"--out-dir {str(args.out_dir)!r} is not an existing folder")
-    loaded = load_model(args.model, args.device)
+        raise common.UsageError(f"--out-dir {str(args.out_dir)!r} is not an existing folder")
+    loaded = common.load_model(args.model, args.device)
     if loaded.sample_shape != (1, 8, 8):
-        raise UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
+        raise common.UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
     scheduler = loaded.scheduler
     if args.clip_sample:
-        scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)  # type: ignore[assignment]
+        scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)
     fid = DigitsFID()
     cells = evaluation.table1_cells(counts, etas, ddpm_count)
     seed_list = list(range(args.first_seed, args.first_seed + seeds))
@@ -160,9 +151,9 @@ def run(args: argparse.Namespace) -> int:
         "seconds_total": time.perf_counter() - started,
     }
     markdown = evaluation.markdown_report(report)
-    save_text(args.out_dir / "table1.json", json.dumps(report, indent=1, default=float) + "\n")
-    save_text(args.out_dir / "table1.md", markdown)
-    write_atomically(args.out_dir / "table1.png", lambda tmp: evaluation.plot_report(report, str(tmp)))
+    common.save_text(args.out_dir / "table1.json", json.dumps(report, indent=1, default=float) + "\n")
+    common.save_text(args.out_dir / "table1.md", markdown)
+    common.write_atomically(args.out_dir / "table1.png", lambda tmp: evaluation.plot_report(report, str(tmp)))
     print(markdown)
     print(f"wrote {args.out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
     return 0

@@ -7,18 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ddim.app.cli.common import (
-    add_model_options,
-    check_output_path,
-    configure_spacing,
-    image_grid,
-    load_model,
-    non_negative_int,
-    positive_int,
-    save_png,
-    timed,
-    to_uint8,
-)
+from ddim.app.cli import common
 from ddim.app.seeding import row_generators
 from ddim.interpolation import slerp
 from ddim.noise import randn_like_diffusers
@@ -33,12 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`ddim sample --seed A` and of `--seed B`), decoded with deterministic DDIM (eta 0).",
     )
     parser.add_argument(
-        "--seeds", type=non_negative_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
+        "--seeds", type=common.non_negative_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
     )
-    parser.add_argument("--frames", type=positive_int, default=9, help="points on the path, ends included (default: 9)")
-    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default: 50)")
+    parser.add_argument(
+        "--frames", type=common.positive_int, default=9, help="points on the path, ends included (default: 9)"
+    )
+    parser.add_argument("--steps", type=common.positive_int, default=50, help="DDIM steps (default: 50)")
     parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None, help="timestep spacing")
-    add_model_options(parser)
+    common.add_model_options(parser)
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("interpolation.png"), help="PNG (default: interpolation.png)"
     )
@@ -46,17 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_path(args.output)
-    with timed() as elapsed:
-        loaded = load_model(args.model, args.device)
-        scheduler = configure_spacing(loaded.scheduler, args.spacing)
+    common.check_output_path(args.output)
+    with common.timed() as elapsed:
+        loaded = common.load_model(args.model, args.device)
+        scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
         shape = (1, *loaded.sample_shape)
         ends = [randn_like_diffusers(shape, row_generators(seed, 0, 1), device=args.device) for seed in args.seeds]
         weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
         latents = slerp(ends[0], ends[1], weights).reshape(args.frames, *loaded.sample_shape)
         frames = sample(loaded.model, scheduler, noise=latents, num_inference_steps=args.steps, progress=args.progress)
         scale = max(1, 48 // loaded.sample_shape[-2])
-        save_png(args.output, image_grid(to_uint8(frames.cpu()), args.frames, scale))
+        common.save_png(args.output, common.image_grid(common.to_uint8(frames.cpu()), args.frames, scale))
     print(
         f"wrote {args.output} ({args.frames} frames from seed {args.seeds[0]} to seed {args.seeds[1]}) "
         f"in {elapsed[0]:.1f} s"

@@ -7,19 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ddim.app.cli.common import (
-    UsageError,
-    add_model_options,
-    check_output_path,
-    image_grid,
-    load_model,
-    positive_int,
-    save_png,
-    timed,
-    to_uint8,
-)
+from ddim.app.cli import common
 from ddim.app.digits import load_digits_split
-from ddim.inverse import invert
+from ddim.inversion import invert
 from ddim.sampling import sample
 
 
@@ -30,28 +20,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="DDIM inversion of held-out digits (eta 0): x_0 -> x_T -> x_0. Prints the reconstruction "
         "error and writes a PNG with the originals (top row) and the reconstructions (bottom row).",
     )
-    parser.add_argument("-n", "--num-images", type=positive_int, default=8, help="held-out digits (default: 8)")
+    parser.add_argument("-n", "--num-images", type=common.positive_int, default=8, help="held-out digits (default: 8)")
     parser.add_argument("--first", type=int, default=0, help="index of the first held-out digit (default: 0)")
-    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps both ways (default: 50)")
+    parser.add_argument("--steps", type=common.positive_int, default=50, help="DDIM steps both ways (default: 50)")
     parser.add_argument(
         "--fixed-point-iterations", type=int, default=0, help="refinements per inversion step (default: 0)"
     )
-    add_model_options(parser)
+    common.add_model_options(parser)
     parser.add_argument("-o", "--output", type=Path, default=Path("inversion.png"), help="PNG (default: inversion.png)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_path(args.output)
+    common.check_output_path(args.output)
     if args.fixed_point_iterations < 0:
-        raise UsageError(f"--fixed-point-iterations={args.fixed_point_iterations} must be >= 0")
-    with timed() as elapsed:
-        loaded = load_model(args.model, args.device)
+        raise common.UsageError(f"--fixed-point-iterations={args.fixed_point_iterations} must be >= 0")
+    with common.timed() as elapsed:
+        loaded = common.load_model(args.model, args.device)
         if loaded.sample_shape != (1, 8, 8):
-            raise UsageError("ddim invert needs a digits model (1x8x8 samples): it inverts held-out digits")
+            raise common.UsageError("ddim invert needs a digits model (1x8x8 samples): it inverts held-out digits")
         held_out = load_digits_split().test_images
         if not 0 <= args.first <= held_out.shape[0] - args.num_images:
-            raise UsageError(
+            raise common.UsageError(
                 f"--first={args.first} with --num-images={args.num_images} runs past the "
                 f"{held_out.shape[0]} held-out digits"
             )
@@ -71,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         rmse = float(error.pow(2).mean().sqrt())
         worst = float(error.abs().max())
         pair = torch.cat([originals, decoded]).cpu()
-        save_png(args.output, image_grid(to_uint8(pair), args.num_images, scale=6))
+        common.save_png(args.output, common.image_grid(common.to_uint8(pair), args.num_images, scale=6))
     print(
         f"reconstruction error over {args.num_images} held-out digits, {args.steps} steps: RMSE {rmse:.4f}, "
         f"max |error| {worst:.4f} (pixel range [-1, 1]); x_T std {float(latents.std()):.3f}"

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddim.app.shards.generation import merge_shards, verify_shards
+from ddim.app.shards import merge_shards, verify_shards
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,19 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ddim.app.cli.common import (
-    LoadedModel,
-    add_model_options,
-    add_sampling_options,
-    check_output_path,
-    configure_spacing,
-    image_grid,
-    load_model,
-    positive_int,
-    save_png,
-    timed,
-    to_uint8,
-)
+from ddim.app.cli import common
 from ddim.app.cli.sharded import add_sharded_options, run_sharded
 from ddim.app.seeding import row_generators
 from ddim.sampling import sample
@@ -33,19 +21,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate samples (default: 64 digits from the embedded model, 50 DDIM steps, eta 0)",
         description="Generate samples with DDIM and write an upscaled PNG grid.",
     )
-    parser.add_argument("-n", "--num-samples", type=positive_int, default=64, help="number of samples (default: 64)")
-    add_sampling_options(parser)
-    add_model_options(parser)
+    parser.add_argument(
+        "-n", "--num-samples", type=common.positive_int, default=64, help="number of samples (default: 64)"
+    )
+    common.add_sampling_options(parser)
+    common.add_model_options(parser)
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("samples.png"), help="PNG grid (default: samples.png)"
     )
-    parser.add_argument("--scale", type=positive_int, default=None, help="pixel upscaling (default: 48 / height)")
+    parser.add_argument(
+        "--scale", type=common.positive_int, default=None, help="pixel upscaling (default: 48 / height)"
+    )
     add_sharded_options(parser)
     parser.set_defaults(run=run)
 
 
 def generate_samples(
-    loaded: LoadedModel,
+    loaded: common.LoadedModel,
     scheduler: DDIMScheduler,
     count: int,
     *,
@@ -83,10 +75,10 @@ def generate_samples(
 def run(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         return run_sharded(args)
-    check_output_path(args.output)
-    with timed() as elapsed:
-        loaded = load_model(args.model, args.device)
-        scheduler = configure_spacing(loaded.scheduler, args.spacing)
+    common.check_output_path(args.output)
+    with common.timed() as elapsed:
+        loaded = common.load_model(args.model, args.device)
+        scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
         samples = generate_samples(
             loaded,
             scheduler,
@@ -100,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         )
         scale = args.scale or max(1, 48 // loaded.sample_shape[-2])
         columns = math.ceil(math.sqrt(args.num_samples))
-        save_png(args.output, image_grid(to_uint8(samples), columns, scale))
+        common.save_png(args.output, common.image_grid(common.to_uint8(samples), columns, scale))
     print(
         f"wrote {args.output} ({args.num_samples} samples of the {loaded.description}, {args.steps} steps, "
         f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ddim.app.cli.common import UsageError, configure_spacing, load_model, positive_int
-from ddim.app.shards.generation import generate_shards, rank_device
+from ddim.app.shards import generate_shards, rank_device
 
 
 def add_sharded_options(parser: argparse.ArgumentParser) -> None:

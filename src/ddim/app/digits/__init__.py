@@ -4,7 +4,7 @@ Importing this package loads the data split, network and file helpers; the class
 and training live in their own modules (``ddim.app.digits.classifier``, ``.fid``, ``.training``).
 """
 
-from ddim.app.digits.data import PIXEL_MAX, SPLIT_SEED, TEST_SIZE, DigitsSplit, load_digits_split, to_images
+from ddim.app.digits.data import PIXEL_MAX, SPLIT_SEED, TEST_SIZE, DigitsSplit, load_digits_split
 from ddim.app.digits.model_files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -18,6 +18,7 @@ from ddim.app.digits.model_files import (
     weights_dir,
 )
 from ddim.app.digits.unet import DigitsUNet, ResBlock, UNetConfig, timestep_embedding
+from ddim.app.images import to_images
 
 __all__ = [
     "CONFIG_NAME",

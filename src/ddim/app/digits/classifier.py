@@ -13,6 +13,7 @@ from torch import nn
 
 from ddim.app.digits.data import DigitsSplit
 from ddim.app.digits.model_files import load_state_dict, weights_dir
+from ddim.validation import ArgumentValueError
 
 CLASSIFIER_NAME = "digits_classifier.safetensors"
 FEATURE_DIM = 32
@@ -88,7 +89,7 @@ def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if found != expected:
-        raise ValueError("classifier weights do not match DigitsClassifier (tensor names or shapes differ)")
+        raise ArgumentValueError("classifier weights do not match DigitsClassifier (tensor names or shapes differ)")
     model.load_state_dict(state)
     return model.eval()
 

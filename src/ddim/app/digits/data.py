@@ -1,4 +1,4 @@
-"""scikit-learn's 8x8 digits as diffusion training data: the fixed split and the conversion to pixels.
+"""scikit-learn's 8x8 digits as diffusion training data: the fixed split (pixels: :func:`ddim.app.images.to_images`).
 
 Data: ``sklearn.datasets.load_digits`` (1,797 images, pixel values 0..16) mapped to [-1, 1] by
 x = v / 8 - 1, split once into a training and a held-out set (:func:`load_digits_split`).
@@ -45,18 +45,3 @@ def load_digits_split() -> DigitsSplit:
         test_images=torch.from_numpy(x_test).unsqueeze(1),
         test_labels=torch.from_numpy(y_test),
     )
-
-
-def to_images(x: torch.Tensor) -> np.ndarray:
-    """Samples in [-1, 1] of shape (B, 1, 8, 8) or (B, 8, 8) -> uint8 array (B, 8, 8), 0 black, 255 white.
-
-    Values outside [-1, 1] are clipped (pixel = round(255 (x + 1) / 2)).
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3:
-        raise ValueError(f"x must have shape (B, 1, H, W) or (B, H, W), got {tuple(x.shape)}")
-    pixels = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
-    return pixels.to(torch.uint8).numpy()

@@ -17,6 +17,7 @@ import torch
 
 from ddim.app.digits.classifier import DigitsClassifier, load_classifier
 from ddim.app.digits.data import DigitsSplit, load_digits_split
+from ddim.validation import ArgumentValueError
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def feature_statistics(features: torch.Tensor | np.ndarray) -> FeatureStatistics
     """Mean and unbiased covariance of ``features`` (N, d), N >= 2."""
     values = np.asarray(features, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] < 2:
-        raise ValueError(f"features must have shape (N >= 2, d), got {values.shape}")
+        raise ArgumentValueError(f"features must have shape (N >= 2, d), got {values.shape}")
     return FeatureStatistics(values.mean(0), np.cov(values, rowvar=False), values.shape[0])
 
 
@@ -62,7 +63,7 @@ class DigitsFID:
     def features(self, samples: torch.Tensor) -> torch.Tensor:
         """Classifier features of ``samples`` (clipped to [-1, 1], the range of real digits)."""
         if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"samples must have shape (N, 1, 8, 8), got {tuple(samples.shape)}")
+            raise ArgumentValueError(f"samples must have shape (N, 1, 8, 8), got {tuple(samples.shape)}")
         return self.classifier.features(samples.detach().float().cpu().clamp(-1, 1))
 
     def statistics(self, samples: torch.Tensor) -> FeatureStatistics:
@@ -83,7 +84,7 @@ class DigitsFID:
         - ``noise``: ``count`` images of N(0, 1) noise clipped to [-1, 1] (the ceiling).
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 2:
-            raise ValueError(f"count={count!r} is out of range; it must be an int >= 2")
+            raise ArgumentValueError(f"count={count!r} is out of range; it must be an int >= 2")
         generator = torch.Generator().manual_seed(seed)
         test, train = self.data.test_images, self.data.train_images
         result: dict[str, float] = {

@@ -17,6 +17,7 @@ import torch
 
 from ddim.app.digits.unet import DigitsUNet, UNetConfig
 from ddim.scheduler import DDIMScheduler
+from ddim.validation import ArgumentValueError
 
 WEIGHTS_NAME = "digits_unet.safetensors"
 CONFIG_NAME = "digits_unet.json"
@@ -37,21 +38,21 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"model path {str(file)!r} does not exist or is not a file")
+        raise ArgumentValueError(f"model path {str(file)!r} does not exist or is not a file")
     try:
         with file.open("rb") as handle:
             head = handle.read(2)
     except OSError as error:
-        raise ValueError(f"model path {str(file)!r} cannot be read: {error.strerror}") from error
+        raise ArgumentValueError(f"model path {str(file)!r} cannot be read: {error.strerror}") from error
     if head[:1] == b"\x80" or head == b"PK":
-        raise ValueError(
+        raise ArgumentValueError(
             f"model file {str(file)!r} is a pickle/PyTorch checkpoint; refused (pickle can run code). "
             "Convert it to safetensors"
         )
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"model file {str(file)!r} is not a readable safetensors file: {error}") from error
+        raise ArgumentValueError(f"model file {str(file)!r} is not a readable safetensors file: {error}") from error
 
 
 def unet_from_state_dict(state: dict[str, torch.Tensor], config: UNetConfig) -> DigitsUNet:
@@ -61,13 +62,13 @@ def unet_from_state_dict(state: dict[str, torch.Tensor], config: UNetConfig) -> 
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise ArgumentValueError(
             f"weights do not match the digits UNet (channels={config.channels}): "
             f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}"
         )
     for name, tensor in expected.items():
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise ValueError(
+            raise ArgumentValueError(
                 f"weights tensor {name!r} has shape {tuple(state[name].shape)}, the digits UNet "
                 f"(channels={config.channels}) needs {tuple(tensor.shape)}"
             )
@@ -80,9 +81,9 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"model config {str(path)!r} cannot be read as JSON: {error}") from error
+        raise ArgumentValueError(f"model config {str(path)!r} cannot be read as JSON: {error}") from error
     if not isinstance(config, dict) or not isinstance(config.get("unet"), dict):
-        raise ValueError(f"model config {str(path)!r} must be a JSON object with a 'unet' object")
+        raise ArgumentValueError(f"model config {str(path)!r} must be a JSON object with a 'unet' object")
     return config
 
 
@@ -91,7 +92,7 @@ def unet_config_from_dict(values: dict[str, Any]) -> UNetConfig:
     known = set(asdict(UNetConfig()))
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown UNet config keys {unknown}; allowed keys are {sorted(known)}")
+        raise ArgumentValueError(f"unknown UNet config keys {unknown}; allowed keys are {sorted(known)}")
     return UNetConfig(**values)
 
 

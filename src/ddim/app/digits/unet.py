@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ddim.validation import check_int
+from ddim.validation import ArgumentValueError, check_int
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class UNetConfig:
         for name in ("channels", "time_dim", "groups"):
             check_int(name, getattr(self, name), minimum=1)
         if self.channels % self.groups:
-            raise ValueError(f"channels={self.channels} must be divisible by groups={self.groups}")
+            raise ArgumentValueError(f"channels={self.channels} must be divisible by groups={self.groups}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

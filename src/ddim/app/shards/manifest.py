@@ -1,0 +1,159 @@
+"""The manifest of a run: what identifies it (model, scheduler, settings), and preparing and closing a directory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddim.app.seeding import SEED_RULE
+from ddim.app.shards.files import json_bytes, read_manifest, shard_problem, shard_records
+from ddim.app.shards.layout import FORMAT, MANIFEST_NAME, shard_file, shard_ranges
+from ddim.atomic import TEMP_SUFFIX, write_bytes_atomically
+from ddim.config import json_value
+from ddim.model import Model
+from ddim.scheduler import DDIMStepping
+from ddim.validation import ArgumentValueError
+
+
+# --------------------------------------------------------------------------- configuration identity
+def model_description(model: Model, model_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What identifies the model in a manifest: its class, the SHA-256 of its state (a Module) and ``model_info``."""
+    kind = type(model)
+    described: dict[str, Any] = {"class": f"{kind.__module__}.{kind.__qualname__}"}
+    if isinstance(model, torch.nn.Module):
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        described["state_sha256"] = digest.hexdigest()
+    described.update(model_info or {})
+    return json_value(described)
+
+
+def run_identity(
+    model: dict[str, Any],
+    scheduler: DDIMStepping,
+    num_samples: int,
+    sample_shape: tuple[int, ...],
+    seed: int,
+    num_inference_steps: int,
+    eta: float,
+    micro_batch: int,
+    shard_size: int,
+    dtype: torch.dtype,
+    device_type: str,
+    png: bool,
+) -> dict[str, Any]:
+    """Everything a sample's bits depend on; a resume must match it exactly (JSON-normalised)."""
+    identity = {
+        "num_samples": num_samples,
+        "sample_shape": list(sample_shape),
+        "seed": seed,
+        "seed_rule": SEED_RULE,
+        "num_inference_steps": num_inference_steps,
+        "timesteps": [int(t) for t in scheduler.timesteps.tolist()],
+        "eta": eta,
+        "micro_batch": micro_batch,
+        "shard_size": shard_size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device_type": device_type,
+        "png": png,
+        "model": model,
+        "scheduler": {
+            "class": type(scheduler).__name__,
+            "config": {k: json_value(v) for k, v in scheduler.config.items() if not str(k).startswith("_")},
+        },
+    }
+    normalised: dict[str, Any] = json.loads(json.dumps(identity, sort_keys=True))
+    return normalised
+
+
+def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One line per key whose value differs between a manifest's config and this run's."""
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    return [
+        f"{key}: manifest has {short(recorded.get(key))}, this run has {short(current.get(key))}"
+        for key in sorted(set(recorded) | set(current))
+        if recorded.get(key) != current.get(key)
+    ]
+
+
+# --------------------------------------------------------------------------- directory preparation (rank 0)
+def prepare_directory(out_dir: Path, identity: dict[str, Any], world_size: int) -> list[int]:
+    """Create or check ``out_dir``, keep its complete shards, clear the rest; return the shards to generate.
+
+    Refuses (``ValueError``, nothing touched) a path that is not a folder, a non-empty folder without a
+    manifest, a manifest of another configuration, and a folder that cannot be written.
+    """
+    spans = shard_ranges(identity["num_samples"], identity["shard_size"])
+    manifest: dict[str, Any] = {"format": FORMAT, "config": identity, "shards": {}, "runs": []}
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArgumentValueError(f"out_dir={str(out_dir)!r} exists and is not a directory")
+    if (out_dir / MANIFEST_NAME).exists():
+        manifest = read_manifest(out_dir)
+        differences = config_differences(manifest["config"], identity)
+        if differences:
+            raise ArgumentValueError(
+                f"out_dir={str(out_dir)!r} holds samples of another configuration ({'; '.join(differences)}); "
+                "refusing to mix outputs: use a new output directory, or rerun with the recorded settings"
+            )
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ArgumentValueError(
+            f"out_dir={str(out_dir)!r} is not empty and holds no {MANIFEST_NAME}: refusing to write into a "
+            "directory this tool did not create; choose a new or empty directory"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-probe.{os.getpid()}{TEMP_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ArgumentValueError(f"out_dir={str(out_dir)!r} cannot be written: {error.strerror or error}") from error
+    for temp in [*out_dir.glob(f".*{TEMP_SUFFIX}"), *out_dir.glob(f"images/.*{TEMP_SUFFIX}")]:
+        temp.unlink()  # left by a killed run
+    records = shard_records(out_dir, manifest)
+    complete: dict[str, Any] = {}
+    for shard_id, span in enumerate(spans):
+        record = records.get(shard_id)
+        if shard_problem(out_dir, shard_id, span, record) is None and record is not None:
+            complete[str(shard_id)] = record
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (out_dir / shard_file(shard_id)).unlink()
+    manifest["shards"] = complete
+    manifest["complete"] = len(complete) == len(spans)
+    manifest["runs"].append(
+        {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world_size": world_size}
+    )
+    store_manifest(out_dir, manifest)
+    return [shard_id for shard_id in range(len(spans)) if str(shard_id) not in complete]
+
+
+def finalize_manifest(out_dir: Path) -> dict[str, Any]:
+    """Fold the per-shard records into the manifest (rank 0, after every rank is done)."""
+    manifest = read_manifest(out_dir)
+    records = shard_records(out_dir, manifest)
+    total = len(shard_ranges(manifest["config"]["num_samples"], manifest["config"]["shard_size"]))
+    manifest["shards"] = {str(k): records[k] for k in sorted(records) if k < total}
+    manifest["complete"] = len(manifest["shards"]) == total
+    store_manifest(out_dir, manifest)
+    return manifest
+
+
+def store_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest (atomically), then drop the per-shard records it now holds."""
+    write_bytes_atomically(out_dir / MANIFEST_NAME, json_bytes(manifest))
+    for record_path in out_dir.glob("shard-*.json"):
+        record_path.unlink()

@@ -1,0 +1,49 @@
+"""Checks of tensor arguments: timesteps given as numbers or tensors, and the tensors a step reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ddim.validation import ArgumentTypeError, ArgumentValueError, is_int, type_error
+
+#: A timestep: a Python or numpy int, or an integer tensor (0-dim, or one per batch row).
+Timestep = int | np.integer | torch.Tensor
+#: Tensor dtypes accepted for a timestep.
+INTEGER_DTYPES = frozenset(
+    {torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64}
+)
+
+
+def check_host_timestep(timestep: object, total: int) -> int:
+    """A Python or numpy integer timestep as an int in [0, total)."""
+    if not is_int(timestep):
+        raise type_error("timestep", timestep, "an int, a numpy integer or an integer tensor")
+    t = int(timestep)  # type: ignore[call-overload]
+    if not 0 <= t < total:
+        raise ArgumentValueError(
+            f"timestep={t} is out of range; allowed values are 0..{total - 1} (num_train_timesteps={total})"
+        )
+    return t
+
+
+def check_timestep_values(timestep: torch.Tensor, total: int) -> None:
+    """``ValueError`` naming the first entry of a CPU timestep tensor outside [0, total) (reads it: CPU only)."""
+    bad = (timestep < 0) | (timestep >= total)
+    if bool(bad.any()):
+        value = int(timestep[bad][0])
+        raise ArgumentValueError(
+            f"timestep contains {value}, out of range; allowed values are 0..{total - 1} (num_train_timesteps={total})"
+        )
+
+
+def check_step_tensors(model_output: object, sample: object) -> None:
+    """``TypeError`` unless both are tensors, ``ValueError`` unless their shapes are equal."""
+    if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+        raise ArgumentTypeError(
+            f"model_output and sample must be tensors, got {type(model_output).__name__} and {type(sample).__name__}"
+        )
+    if model_output.shape != sample.shape:
+        raise ArgumentValueError(
+            f"model_output shape {tuple(model_output.shape)} must equal sample shape {tuple(sample.shape)}"
+        )
