@@ -150,7 +150,12 @@ class DDIMStepping(StepTables, ForwardProcess):
             raise ArgumentValueError(
                 "step() called before set_timesteps(); call scheduler.set_timesteps(num_inference_steps)"
             )
-        check_step_tensors(model_output, sample)
+        if not (
+            isinstance(model_output, torch.Tensor)
+            and isinstance(sample, torch.Tensor)
+            and model_output.shape == sample.shape
+        ):
+            check_step_tensors(model_output, sample)  # raises, naming what is wrong
         eta = check_eta(eta)
         prev_sample, pred_original = self.apply_step(
             model_output, timestep, sample, eta, use_clipped_model_output, generator, variance_noise

@@ -17,6 +17,8 @@ INTEGER_DTYPES = frozenset(
 
 def check_host_timestep(timestep: object, total: int) -> int:
     """A Python or numpy integer timestep as an int in [0, total)."""
+    if type(timestep) is int and 0 <= timestep < total:  # the common case first
+        return timestep
     if not is_int(timestep):
         raise type_error("timestep", timestep, "an int, a numpy integer or an integer tensor")
     t = int(timestep)  # type: ignore[call-overload]

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from ddim.app.digits.fid import DigitsFID
+from ddim.model import Model
 from ddim.sampling import sample
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import check_int
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 TABLE1_STEPS: tuple[int, ...] = (10, 20, 50, 100, 1000)
 TABLE1_ETAS: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0)
 DDPM_STEPS = 1000

@@ -20,9 +20,8 @@ from ddim import atomic
 from ddim.app.images import image_grid as image_grid
 from ddim.app.images import to_uint8 as to_uint8
 from ddim.app.images import write_png
+from ddim.model import Model
 from ddim.scheduler import DDIMScheduler
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class UsageError(Exception):

@@ -11,6 +11,7 @@ from typing import Any
 from ddim.app import evaluation
 from ddim.app.cli import common
 from ddim.app.digits.fid import DigitsFID
+from ddim.progress import Progress
 from ddim.scheduler import DDIMScheduler
 
 #: Largest samples-per-seed count of a column (all N samples of a seed are held in memory for the metric).
@@ -118,11 +119,11 @@ def run(args: argparse.Namespace) -> int:
     fid = DigitsFID()
     cells = evaluation.table1_cells(counts, etas, ddpm_count)
     seed_list = list(range(args.first_seed, args.first_seed + seeds))
-    bar = progress_bar(len(cells) * seeds, args.progress)
+    bar = Progress(len(cells) * seeds, "ddim eval", "seed-run", args.progress)
     results = []
     started = time.perf_counter()
     for cell in cells:
-        bar.set_postfix_str(f"S={cell.steps} eta={cell.eta:g} N={cell.count}")
+        bar.set_note(f"S={cell.steps} eta={cell.eta:g} N={cell.count}")
         results.append(
             evaluation.run_cell(
                 loaded.model,
@@ -157,20 +158,3 @@ def run(args: argparse.Namespace) -> int:
     print(markdown)
     print(f"wrote {args.out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
     return 0
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-
-    def set_postfix_str(self, text: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def progress_bar(total: int, enabled: bool) -> Any:
-    """A tqdm bar over ``total`` units (or a silent stand-in)."""
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="seed-run", desc="ddim eval")

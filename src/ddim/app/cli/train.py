@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ddim.app.cli.common import UsageError, check_output_path, positive_int, timed
 from ddim.app.digits.training import TrainConfig, save_model, train
+from ddim.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,22 +43,16 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         channels=args.channels,
     )
-    bar = None
-    if args.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, unit="step", desc="ddim train")
+    bar = Progress(config.steps, "ddim train", "step", args.progress)
 
     def report(step: int, loss: float) -> None:
-        if bar is not None:
-            bar.update()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update()
+        if step % 50 == 0:
+            bar.set_note(f"loss={loss:.4f}")
 
     with timed() as elapsed:
         model, model_config = train(config, report)
-        if bar is not None:
-            bar.close()
+        bar.close()
         weights, config_path = save_model(model, model_config, args.output)
     print(f"wrote {weights} and {config_path} ({config.steps} steps) in {elapsed[0]:.0f} s")
     return 0
