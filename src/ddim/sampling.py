@@ -29,7 +29,7 @@ from ddim.noise import Generator, randn_like_diffusers
 from ddim.prediction import prediction_coefficients
 from ddim.progress import progress_iter
 from ddim.stepping import DDIMStepping
-from ddim.validation import ArgumentTypeError, ArgumentValueError
+from ddim.validation import ArgumentTypeError, ArgumentValueError, is_int
 
 __all__ = ["Model", "NonFiniteOutputError", "SamplingOutput", "sample"]
 
@@ -298,6 +298,6 @@ def _initial_noise(
     if shape is None:
         raise ArgumentValueError("sample() needs shape or noise (the initial x_T); both are None")
     dims = tuple(shape)
-    if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
+    if not dims or not all(is_int(d) and d > 0 for d in dims):
         raise ArgumentValueError(f"shape={shape!r} must be a non-empty sequence of positive ints, batch first")
     return randn_like_diffusers(dims, generator=generator, device=device, dtype=dtype)

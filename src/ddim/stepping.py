@@ -24,7 +24,7 @@ from ddim.timesteps import (
     grid_prev_timesteps,
     spaced_timesteps,
 )
-from ddim.validation import ArgumentValueError, check_choice
+from ddim.validation import ArgumentValueError, check_choice, check_int
 
 
 class DDIMStepping(StepTables, ForwardProcess):
@@ -83,9 +83,8 @@ class DDIMStepping(StepTables, ForwardProcess):
         if self.num_inference_steps is None:
             raise ArgumentValueError("previous_timestep() called before set_timesteps()")
         total = len(self._prev_timesteps)
-        if isinstance(timestep, bool) or not 0 <= int(timestep) < total:
-            raise ArgumentValueError(f"timestep={timestep!r} is out of range; allowed values are 0..{total - 1}")
-        return max(int(self._prev_timesteps[int(timestep)]), -1)  # diffusers' rule gives any negative number
+        t = check_int("timestep", timestep, 0, total - 1)
+        return max(int(self._prev_timesteps[t]), -1)  # diffusers' rule gives any negative number
 
     @overload
     def step(

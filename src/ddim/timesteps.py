@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from ddim.validation import ArgumentTypeError, ArgumentValueError
+from ddim.validation import ArgumentTypeError, ArgumentValueError, check_int
 
 TimestepSpacing = Literal["leading", "trailing", "linspace", "quadratic"]
 TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
@@ -24,11 +24,7 @@ TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 
 def check_num_inference_steps(num_inference_steps: object, num_train_timesteps: int) -> int:
     """Return ``num_inference_steps`` as an int after checking 1 <= N <= T."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise ArgumentTypeError(
-            f"num_inference_steps must be an int, got {num_inference_steps!r} ({type(num_inference_steps).__name__})"
-        )
-    n = int(num_inference_steps)
+    n = check_int("num_inference_steps", num_inference_steps)
     if not 1 <= n <= num_train_timesteps:
         raise ArgumentValueError(
             f"num_inference_steps={n} is out of range; allowed values are 1..num_train_timesteps={num_train_timesteps}"

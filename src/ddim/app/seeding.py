@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ddim.validation import ArgumentTypeError, ArgumentValueError
+from ddim.validation import ArgumentValueError, check_int
 
 #: Description of the rule, recorded in manifests.
 SEED_RULE = "SeedSequence([seed, index]).generate_state(1, uint32)[0]"
@@ -23,10 +23,7 @@ SEED_LIMIT = 2**32
 
 def sample_seeds(seed: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
     """The 32-bit seed (uint32) of each sample index; ``seed`` and indices must lie in [0, 2**32)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ArgumentTypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
-    if not 0 <= int(seed) < SEED_LIMIT:
-        raise ArgumentValueError(f"seed={seed} is out of range; allowed 0 <= seed < 2**32")
+    seed = check_int("seed", seed, 0, SEED_LIMIT - 1)
     values = np.asarray(indices, dtype=np.int64).reshape(-1)
     if values.size and (values.min() < 0 or values.max() >= SEED_LIMIT):
         raise ArgumentValueError(f"sample indices must lie in [0, 2**32), got {values.min()}..{values.max()}")

@@ -17,7 +17,7 @@ import torch
 
 from ddim.app.digits.classifier import DigitsClassifier, load_classifier
 from ddim.app.digits.data import DigitsSplit, load_digits_split
-from ddim.validation import ArgumentValueError
+from ddim.validation import ArgumentValueError, check_int
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,7 @@ class DigitsFID:
           (only when at least 2 are left on each side);
         - ``noise``: ``count`` images of N(0, 1) noise clipped to [-1, 1] (the ceiling).
         """
-        if isinstance(count, bool) or not isinstance(count, int) or count < 2:
-            raise ArgumentValueError(f"count={count!r} is out of range; it must be an int >= 2")
+        check_int("count", count, minimum=2)
         generator = torch.Generator().manual_seed(seed)
         test, train = self.data.test_images, self.data.train_images
         result: dict[str, float] = {
