@@ -20,7 +20,7 @@ from ddim.prediction import PREDICTION_TYPES
 from ddim.tensor_checks import INTEGER_DTYPES, Timestep, check_host_timestep, check_timestep_values
 from ddim.thresholding import X0Transform
 from ddim.transfer import to_device_async
-from ddim.update import CoefficientGather, Coefficients, HostRow, compute_dtype, ddim_update
+from ddim.update import CoefficientGather, Coefficients, HostRow, compute_dtype, torch_update
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_choice, check_real
 
 
@@ -127,7 +127,12 @@ class StepTables:
                     )
                 noise = variance_noise
         coefficients, terms = self._coefficients(timestep, sample, eta, use_clipped_model_output, transform)
-        return ddim_update(sample, model_output, coefficients, terms, transform, noise)
+        if sample.is_cuda and not torch.compiler.is_compiling():  # one Triton kernel when it handles the tensors
+            from ddim import kernels
+
+            if kernels.fused_update_available(sample, model_output, noise):
+                return kernels.fused_update(sample, model_output, coefficients, transform, noise)
+        return torch_update(sample, model_output, coefficients, terms, transform, noise)
 
     def _coefficients(
         self, timestep: Timestep, sample: torch.Tensor, eta: float, use_clipped: bool, transform: X0Transform

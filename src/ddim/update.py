@@ -227,25 +227,3 @@ def torch_update(
             prev_out[lo:hi].copy_(prev_c)
             x0_out[lo:hi].copy_(x0_c)
     return prev_out.view(shape), x0_out.view(shape)
-
-
-def ddim_update(
-    sample: torch.Tensor,
-    model_output: torch.Tensor,
-    coefficients: Coefficients,
-    terms: UpdateTerms,
-    transform: X0Transform,
-    noise: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step x_t -> x_prev (DDIM paper, eq. 12) from folded coefficients.
-
-    ``coefficients``: a (6,) or (B, 6) tensor, a :class:`CoefficientGather`, or six numbers.
-    Returns ``(prev_sample, pred_original_sample)`` in the dtype of ``sample``; one Triton kernel
-    on CUDA when available (:func:`ddim.kernels.fused_update_available`), else the torch path.
-    """
-    if sample.is_cuda and not torch.compiler.is_compiling():
-        from ddim import kernels
-
-        if kernels.fused_update_available(sample, model_output, noise):
-            return kernels.fused_update(sample, model_output, coefficients, transform, noise)
-    return torch_update(sample, model_output, coefficients, terms, transform, noise)

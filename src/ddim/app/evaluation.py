@@ -27,7 +27,6 @@ from ddim.sampling import sample
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import check_int
 
-TABLE1_STEPS: tuple[int, ...] = (10, 20, 50, 100, 1000)
 TABLE1_ETAS: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0)
 DDPM_STEPS = 1000
 #: Samples per seed for each S of the full evaluation (FID noise falls with the count; cost grows with S).
