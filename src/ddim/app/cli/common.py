@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +23,25 @@ from ddim.app.images import to_uint8 as to_uint8
 from ddim.app.images import write_png
 from ddim.model import Model
 from ddim.scheduler import DDIMScheduler
+from ddim.validation import ArgumentValueError
 
 
 class UsageError(Exception):
     """An error of the user's making: ``ddim`` prints its message on one line and exits with code 2."""
+
+
+# --------------------------------------------------------------------------- subcommands
+def add_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], doc: str | None, run: Callable[..., int]
+) -> argparse.ArgumentParser:
+    """A subcommand parser from its module docstring: ``"``ddim NAME``: HELP"``, a blank line, DESCRIPTION."""
+    first, _, rest = (doc or "").strip().partition("\n")
+    match = re.fullmatch(r"``ddim (\w+)``: (.+)", first.strip())
+    if match is None:
+        raise ArgumentValueError(f"a subcommand docstring must start with '``ddim NAME``: help', got {first!r}")
+    parser = subparsers.add_parser(match.group(1), help=match.group(2), description=rest.strip())
+    parser.set_defaults(run=run)
+    return parser
 
 
 # --------------------------------------------------------------------------- argument types

@@ -1,4 +1,8 @@
-"""``ddim eval``: the DDIM paper's Table 1 on the embedded model (digits-FID against S and eta)."""
+"""``ddim eval``: reproduce the paper's Table 1 (digits-FID against steps and eta) on the embedded model
+
+digits-FID for S in {10,20,50,100,1000} x eta in {0,0.2,0.5,1} (+ DDPM = eta 1 at S 1000); writes table1.json,
+table1.md and table1.png to --out-dir and prints the table.
+"""
 
 from __future__ import annotations
 
@@ -41,12 +45,7 @@ def sample_count(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="reproduce the paper's Table 1 (digits-FID against steps and eta) on the embedded model",
-        description="digits-FID for S in {10,20,50,100,1000} x eta in {0,0.2,0.5,1} (+ DDPM = eta 1 at S 1000); "
-        "writes table1.json, table1.md and table1.png to --out-dir and prints the table.",
-    )
+    parser = common.add_command(subparsers, __doc__, run)
     parser.add_argument(
         "--quick", action="store_true", help="reduced grid (S 10,20,50 at N=300; eta 0,1; 2 seeds), < 2 min"
     )
@@ -96,7 +95,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out-dir", type=Path, default=Path("eval"), help="output folder (default: ./eval)")
     common.add_model_options(parser)
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

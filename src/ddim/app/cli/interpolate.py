@@ -1,4 +1,8 @@
-"""``ddim interpolate``: slerp between the x_T of two seeds and decode each point (DDIM paper, sec. 5.3)."""
+"""``ddim interpolate``: decode a slerp between two seeds' x_T into a PNG strip (DDIM paper, sec. 5.3)
+
+Spherical interpolation between the x_T of sample 0 of two seeds (the first image of `ddim sample --seed A`
+and of `--seed B`), decoded with deterministic DDIM (eta 0).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,7 @@ from ddim.sampling import sample
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "interpolate",
-        help="decode a slerp between two seeds' x_T into a PNG strip (DDIM paper, sec. 5.3)",
-        description="Spherical interpolation between the x_T of sample 0 of two seeds (the first image of "
-        "`ddim sample --seed A` and of `--seed B`), decoded with deterministic DDIM (eta 0).",
-    )
+    parser = common.add_command(subparsers, __doc__, run)
     parser.add_argument(
         "--seeds", type=common.non_negative_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
     )
@@ -33,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("interpolation.png"), help="PNG (default: interpolation.png)"
     )
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

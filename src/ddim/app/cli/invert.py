@@ -1,4 +1,8 @@
-"""``ddim invert``: encode digits to x_T with DDIM inversion, decode them back, report the error."""
+"""``ddim invert``: encode held-out digits to x_T and decode them back (DDIM paper, sec. 5.4)
+
+DDIM inversion of held-out digits (eta 0): x_0 -> x_T -> x_0. Prints the reconstruction error and writes a PNG
+with the originals (top row) and the reconstructions (bottom row).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,7 @@ from ddim.sampling import sample
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "invert",
-        help="encode held-out digits to x_T and decode them back (DDIM paper, sec. 5.4)",
-        description="DDIM inversion of held-out digits (eta 0): x_0 -> x_T -> x_0. Prints the reconstruction "
-        "error and writes a PNG with the originals (top row) and the reconstructions (bottom row).",
-    )
+    parser = common.add_command(subparsers, __doc__, run)
     parser.add_argument("-n", "--num-images", type=common.positive_int, default=8, help="held-out digits (default: 8)")
     parser.add_argument("--first", type=int, default=0, help="index of the first held-out digit (default: 0)")
     parser.add_argument("--steps", type=common.positive_int, default=50, help="DDIM steps both ways (default: 50)")
@@ -28,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_model_options(parser)
     parser.add_argument("-o", "--output", type=Path, default=Path("inversion.png"), help="PNG (default: inversion.png)")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

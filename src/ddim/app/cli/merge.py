@@ -1,4 +1,8 @@
-"""``ddim merge DIR -o FILE.npz``: verify a sharded run and write all its samples, in index order, to one file."""
+"""``ddim merge``: verify the shards of `ddim sample --out-dir DIR` and merge them into one .npz
+
+Verify a sharded run (as `ddim verify`) and write its arrays indices, seeds and samples, in index order, to
+one .npz (atomically). Exit code 1 when shards are missing or corrupt.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from ddim.app.cli import common
 from ddim.app.shards import merge_shards, verify_shards
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "merge",
-        help="verify the shards of `ddim sample --out-dir DIR` and merge them into one .npz",
-        description="Verify a sharded run (as `ddim verify`) and write its arrays indices, seeds and samples, "
-        "in index order, to one .npz (atomically). Exit code 1 when shards are missing or corrupt.",
-    )
+    parser = common.add_command(subparsers, __doc__, run)
     parser.add_argument("out_dir", type=Path, metavar="DIR", help="the --out-dir of `ddim sample`")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the merged .npz to write")
     parser.add_argument("--force", action="store_true", help="replace --output if it exists")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,7 @@
-"""``ddim sample``: draw samples with DDIM and write them as a PNG grid."""
+"""``ddim sample``: generate samples (default: 64 digits from the embedded model, 50 DDIM steps, eta 0)
+
+Generate samples with DDIM and write an upscaled PNG grid.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +19,7 @@ from ddim.scheduler import DDIMScheduler
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "sample",
-        help="generate samples (default: 64 digits from the embedded model, 50 DDIM steps, eta 0)",
-        description="Generate samples with DDIM and write an upscaled PNG grid.",
-    )
+    parser = common.add_command(subparsers, __doc__, run)
     parser.add_argument(
         "-n", "--num-samples", type=common.positive_int, default=64, help="number of samples (default: 64)"
     )
@@ -33,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--scale", type=common.positive_int, default=None, help="pixel upscaling (default: 48 / height)"
     )
     add_sharded_options(parser)
-    parser.set_defaults(run=run)
 
 
 def generate_samples(

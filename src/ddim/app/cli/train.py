@@ -1,23 +1,22 @@
-"""``ddim train``: train the digits UNet (the shipped weights come from the defaults)."""
+"""``ddim train``: train the digits UNet (defaults reproduce the shipped weights)
+
+Train the epsilon-prediction digits UNet on the training split (seeded, EMA weights); writes OUTPUT
+(safetensors) and a same-stem .json config, loadable with `ddim sample --model OUTPUT`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ddim.app.cli.common import UsageError, check_output_path, positive_int, timed
+from ddim.app.cli.common import UsageError, add_command, check_output_path, positive_int, timed
 from ddim.app.digits.training import TrainConfig, save_model, train
 from ddim.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
-    parser = subparsers.add_parser(
-        "train",
-        help="train the digits UNet (defaults reproduce the shipped weights)",
-        description="Train the epsilon-prediction digits UNet on the training split (seeded, EMA weights); writes "
-        "OUTPUT (safetensors) and a same-stem .json config, loadable with `ddim sample --model OUTPUT`.",
-    )
+    parser = add_command(subparsers, __doc__, run)
     parser.add_argument("-o", "--output", type=Path, default=Path("digits_unet.safetensors"), help="weights file")
     parser.add_argument("--steps", type=positive_int, default=defaults.steps, help=f"default: {defaults.steps}")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
@@ -27,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels", type=positive_int, default=defaults.channels)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

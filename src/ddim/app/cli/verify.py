@@ -1,22 +1,21 @@
-"""``ddim verify DIR``: check the manifest and the checksum of every shard of a sharded run."""
+"""``ddim verify``: check the shards of `ddim sample --out-dir DIR` against their manifest
+
+Check the manifest and every shard (present, SHA-256, indices) of a sharded run. Exit code 0: all shards
+complete; 1: missing or corrupt shards (listed); 2: not a shard directory.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ddim.app.cli import common
 from ddim.app.shards import verify_shards
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "verify",
-        help="check the shards of `ddim sample --out-dir DIR` against their manifest",
-        description="Check the manifest and every shard (present, SHA-256, indices) of a sharded run. "
-        "Exit code 0: all shards complete; 1: missing or corrupt shards (listed); 2: not a shard directory.",
-    )
+    parser = common.add_command(subparsers, __doc__, run)
     parser.add_argument("out_dir", type=Path, metavar="DIR", help="the --out-dir of `ddim sample`")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,8 +20,9 @@ class UNetConfig:
     groups: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("channels", "time_dim", "groups"):
-            check_int(name, getattr(self, name), minimum=1)
+        check_int("channels", self.channels, minimum=1)
+        check_int("time_dim", self.time_dim, minimum=1)
+        check_int("groups", self.groups, minimum=1)
         if self.channels % self.groups:
             raise ArgumentValueError(f"channels={self.channels} must be divisible by groups={self.groups}")
 
