@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from ddim.tensor_checks import Timestep, check_timestep_values
+from ddim.tensor_checks import Timestep, as_index, check_broadcasts_to, check_floating, check_timestep_values
 from ddim.update import compute_dtype
-from ddim.validation import ArgumentTypeError
+from ddim.validation import ArgumentTypeError, ArgumentValueError
 
 
 class ForwardProcess:
@@ -28,11 +28,17 @@ class ForwardProcess:
             table = torch.stack([alphas.sqrt(), (1 - alphas).sqrt()], dim=1).to(like.device, compute_dtype(like.dtype))
             self._tables_forward()[key] = table
         index = torch.as_tensor(timesteps).to(like.device)
-        if index.is_floating_point():
+        if index.is_floating_point() or index.dtype in (torch.bool, torch.complex64, torch.complex128):
             raise ArgumentTypeError(f"timesteps must be integers, got dtype {index.dtype}")
+        index = as_index(index).reshape(-1)
+        if index.numel() not in (1, like.shape[0]):
+            raise ArgumentValueError(
+                f"timesteps has {index.numel()} entries; it needs one per batch row (batch size {like.shape[0]}) "
+                "or one for all"
+            )
         if index.device.type == "cpu" and not torch.compiler.is_compiling():
             check_timestep_values(index, table.shape[0])
-        rows = table.index_select(0, index.reshape(-1))
+        rows = table.index_select(0, index)
         shape = (rows.shape[0],) + (1,) * (like.ndim - 1)
         return rows[:, 0].reshape(shape), rows[:, 1].reshape(shape)
 
@@ -50,6 +56,9 @@ class ForwardProcess:
 
         ``timesteps`` holds one timestep per batch row (or one for all). The scheduler is not modified.
         """
+        check_floating("original_samples", original_samples)
+        check_floating("noise", noise)
+        check_broadcasts_to("noise", noise, original_samples)
         sqrt_alpha, sqrt_one_minus = self._forward_coefficients(timesteps, original_samples)
         work = compute_dtype(original_samples.dtype)
         noisy = sqrt_alpha * original_samples.to(work) + sqrt_one_minus * noise.to(work)
@@ -59,6 +68,9 @@ class ForwardProcess:
         self, sample: torch.Tensor, noise: torch.Tensor, timesteps: Timestep | Sequence[int]
     ) -> torch.Tensor:
         """The v-prediction target v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0 (arXiv 2202.00512, sec. 4)."""
+        check_floating("sample", sample)
+        check_floating("noise", noise)
+        check_broadcasts_to("noise", noise, sample)
         sqrt_alpha, sqrt_one_minus = self._forward_coefficients(timesteps, sample)
         work = compute_dtype(sample.dtype)
         velocity = sqrt_alpha * noise.to(work) - sqrt_one_minus * sample.to(work)

@@ -31,6 +31,7 @@ from ddim.schedules import (
     BetaSchedule,
     alphas_cumprod_from_betas,
     betas_from_array,
+    check_betas,
     make_betas,
     rescale_zero_terminal_snr,
 )
@@ -104,13 +105,10 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
         prev_timestep_from_grid: bool = False,
     ) -> None:
         total = check_int("num_train_timesteps", num_train_timesteps, minimum=1)
-        for name, value in (
-            ("beta_start", beta_start),
-            ("beta_end", beta_end),
-            ("clip_sample_range", clip_sample_range),
-            ("sample_max_value", sample_max_value),
-        ):
-            check_real(name, value)
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            check_real(name, value, 0.0, 1.0, open_minimum=True)  # a beta is a variance fraction in (0, 1]
+        check_real("clip_sample_range", clip_sample_range, 0.0, open_minimum=True)
+        check_real("sample_max_value", sample_max_value, 0.0, open_minimum=True)
         check_real("dynamic_thresholding_ratio", dynamic_thresholding_ratio, 0.0, 1.0, open_minimum=True)
         for name, flag in (
             ("clip_sample", clip_sample),
@@ -129,8 +127,9 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
             betas = betas_from_array(trained_betas, total)
         else:
             betas = make_betas(beta_schedule, total, float(beta_start), float(beta_end))
+        check_betas(betas, "the betas of beta_schedule=" + repr(beta_schedule))
         if rescale_betas_zero_snr:
-            betas = rescale_zero_terminal_snr(betas)
+            betas = rescale_zero_terminal_snr(betas)  # its last beta is exactly 1 (zero terminal SNR)
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = alphas_cumprod_from_betas(betas)

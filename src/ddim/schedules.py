@@ -76,10 +76,7 @@ def betas_from_array(
             f"trained_betas must be a 1-D sequence of num_train_timesteps={num_train_timesteps} values, "
             f"got shape {tuple(betas.shape)}"
         )
-    bad = ~((betas > 0) & (betas <= 1))
-    if bool(bad.any()):
-        index = int(torch.nonzero(bad)[0])
-        raise ArgumentValueError(f"trained_betas must lie in (0, 1]; trained_betas[{index}]={float(betas[index])!r}")
+    check_betas(betas, "trained_betas")
     return betas
 
 
@@ -101,3 +98,11 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
     """abar_t = prod_{s<=t} (1 - beta_s), in the dtype of ``betas`` (float32 for diffusers parity)."""
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def check_betas(betas: torch.Tensor, what: str) -> None:
+    """``ValueError`` naming the first beta outside (0, 1] (NaN included): every beta is a variance fraction."""
+    bad = ~((betas > 0) & (betas <= 1))
+    if bool(bad.any()):
+        index = int(torch.nonzero(bad)[0])
+        raise ArgumentValueError(f"{what} must lie in (0, 1]; {what}[{index}]={float(betas[index])!r}")

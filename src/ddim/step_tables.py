@@ -17,7 +17,14 @@ import torch
 from ddim.coefficients import UpdateTerms, schedule_pairs, step_coefficient_table, step_coefficients, update_terms
 from ddim.noise import Generator, randn_like_diffusers
 from ddim.prediction import PREDICTION_TYPES
-from ddim.tensor_checks import INTEGER_DTYPES, Timestep, check_host_timestep, check_timestep_values
+from ddim.tensor_checks import (
+    INTEGER_DTYPES,
+    Timestep,
+    as_index,
+    check_floating,
+    check_host_timestep,
+    check_timestep_values,
+)
 from ddim.thresholding import X0Transform
 from ddim.transfer import to_device_async
 from ddim.update import CoefficientGather, Coefficients, HostRow, compute_dtype, torch_update
@@ -120,6 +127,7 @@ class StepTables:
                     model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
                 )
             else:
+                check_floating("variance_noise", variance_noise)
                 if variance_noise.shape != sample.shape:
                     raise ArgumentValueError(
                         f"variance_noise shape {tuple(variance_noise.shape)} "
@@ -161,8 +169,9 @@ class StepTables:
                     f"timestep has {timestep.shape[0]} entries; a 1-D timestep needs one per batch row "
                     f"(batch size {sample.shape[0]})"
                 )
+            index = as_index(timestep)
             if timestep.device.type == "cpu" and not torch.compiler.is_compiling():
-                check_timestep_values(timestep, total)
+                check_timestep_values(index, total)
             # index_select, not table[index]: indexing with a 0-dim tensor reads its value on the host.
             dtype = compute_dtype(sample.dtype)
             prediction_type, transforms_x0, use_clipped_x0, _ = key
@@ -173,13 +182,13 @@ class StepTables:
                 pairs = self._tables.get(("pairs", sample.device))
                 if pairs is None:
                     pairs = self._tables[("pairs", torch.device("cpu"))].to(sample.device)
-                gathered = CoefficientGather(pairs, timestep.to(sample.device)).rows()
+                gathered = CoefficientGather(pairs, index.to(sample.device)).rows()
                 rows = step_coefficients(
                     gathered[..., 0], gathered[..., 1], eta, prediction_type, transforms_x0, use_clipped_x0
                 ).to(dtype)
                 return rows, terms
             # Gathered where used (in the fused kernel on CUDA): no value is read on the host.
-            return CoefficientGather(self._device_table(key, sample.device, dtype), timestep.to(sample.device)), terms
+            return CoefficientGather(self._device_table(key, sample.device, dtype), index.to(sample.device)), terms
         t = check_host_timestep(timestep, total)
         _, rows_list, terms = self._host_table(key)
         return rows_list[t], terms

@@ -153,6 +153,8 @@ class DDIMStepping(StepTables, ForwardProcess):
             isinstance(model_output, torch.Tensor)
             and isinstance(sample, torch.Tensor)
             and model_output.shape == sample.shape
+            and model_output.is_floating_point()
+            and sample.is_floating_point()
         ):
             check_step_tensors(model_output, sample)  # raises, naming what is wrong
         eta = check_eta(eta)

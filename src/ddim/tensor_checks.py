@@ -31,6 +31,7 @@ def check_host_timestep(timestep: object, total: int) -> int:
 
 def check_timestep_values(timestep: torch.Tensor, total: int) -> None:
     """``ValueError`` naming the first entry of a CPU timestep tensor outside [0, total) (reads it: CPU only)."""
+    timestep = as_index(timestep)
     bad = (timestep < 0) | (timestep >= total)
     if bool(bad.any()):
         value = int(timestep[bad][0])
@@ -39,13 +40,44 @@ def check_timestep_values(timestep: torch.Tensor, total: int) -> None:
         )
 
 
+def check_floating(name: str, tensor: object) -> torch.Tensor:
+    """``tensor`` after checking it is a tensor of a floating dtype (an integer sample would be truncated)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise type_error(name, tensor, "a tensor")
+    if not tensor.is_floating_point():
+        raise ArgumentTypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), got dtype {tensor.dtype}"
+        )
+    return tensor
+
+
+def as_index(timestep: torch.Tensor) -> torch.Tensor:
+    """An integer timestep tensor as int64 on its own device (no host read): comparisons with T and
+    ``index_select`` then work for every integer dtype (int8 overflows at 128, uint16 has no kernels)."""
+    return timestep if timestep.dtype == torch.int64 else timestep.to(torch.int64)
+
+
 def check_step_tensors(model_output: object, sample: object) -> None:
-    """``TypeError`` unless both are tensors, ``ValueError`` unless their shapes are equal."""
+    """``TypeError`` unless both are floating-point tensors, ``ValueError`` unless their shapes are equal."""
     if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
         raise ArgumentTypeError(
             f"model_output and sample must be tensors, got {type(model_output).__name__} and {type(sample).__name__}"
         )
+    check_floating("model_output", model_output)
+    check_floating("sample", sample)
     if model_output.shape != sample.shape:
         raise ArgumentValueError(
             f"model_output shape {tuple(model_output.shape)} must equal sample shape {tuple(sample.shape)}"
+        )
+
+
+def check_broadcasts_to(name: str, tensor: torch.Tensor, like: torch.Tensor) -> None:
+    """``ValueError`` unless ``tensor`` broadcasts to the shape of ``like`` without enlarging it."""
+    try:
+        fits = torch.broadcast_shapes(tensor.shape, like.shape) == like.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ArgumentValueError(
+            f"{name} shape {tuple(tensor.shape)} does not broadcast to the sample shape {tuple(like.shape)}"
         )

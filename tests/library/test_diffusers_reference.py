@@ -173,11 +173,11 @@ def test_over_forward(tmp_path: Path, time_step: int, num_inference_steps: int, 
     check_save_load_step(tmp_path, base_config(), time_step, num_inference_steps, eta)
 
 
-def test_large_betas_first_step_is_finite() -> None:
-    """test_betas also runs beta_end=2 (betas above 1); its t=0 step lands on the final alpha and stays finite."""
-    scheduler = DDIMScheduler(**base_config(beta_start=0.1, beta_end=2.0))
-    scheduler.set_timesteps(50)
-    sample = deterministic_ramp()
-    out = scheduler.step(0.1 * sample, 0, sample).prev_sample
-    assert torch.isfinite(out).all()
-    assert math.isclose(float(scheduler.alphas_cumprod[0]), 0.9, rel_tol=1e-6)
+def test_betas_above_one_are_refused() -> None:
+    """diffusers' test_betas also runs beta_end=2: betas above 1 give negative alphas and a sign-flipping
+    alphas_cumprod (only the t=0 step stays finite there). A beta is a variance fraction; ours refuses it."""
+    with pytest.raises(ValueError, match=r"beta_end=2\.0 is out of range; allowed values are \(0, 1\]"):
+        DDIMScheduler(**base_config(beta_start=0.1, beta_end=2.0))
+    linear = DDIMScheduler(**base_config(beta_start=0.1, beta_end=1.0))  # the largest allowed: a last alpha of 0
+    assert math.isclose(float(linear.alphas_cumprod[0]), 0.9, rel_tol=1e-6)
+    assert float(linear.alphas_cumprod[-1]) == 0.0
