@@ -127,9 +127,16 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
             betas = betas_from_array(trained_betas, total)
         else:
             betas = make_betas(beta_schedule, total, float(beta_start), float(beta_end))
-        check_betas(betas, "the betas of beta_schedule=" + repr(beta_schedule))
+        source = (
+            "trained_betas"
+            if trained_betas is not None
+            else f"beta_schedule={beta_schedule!r} with beta_start={beta_start!r}, beta_end={beta_end!r}"
+        ) + f", num_train_timesteps={total}"
+        if trained_betas is None:
+            check_betas(betas, "betas", source)
         if rescale_betas_zero_snr:
             betas = rescale_zero_terminal_snr(betas)  # its last beta is exactly 1 (zero terminal SNR)
+            check_betas(betas, "betas", source + " rescaled to zero terminal SNR (rescale_betas_zero_snr=True)")
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = alphas_cumprod_from_betas(betas)

@@ -100,9 +100,13 @@ def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def check_betas(betas: torch.Tensor, what: str) -> None:
-    """``ValueError`` naming the first beta outside (0, 1] (NaN included): every beta is a variance fraction."""
+def check_betas(betas: torch.Tensor, what: str, source: str | None = None) -> None:
+    """``ValueError`` naming the first beta outside (0, 1] (NaN included): every beta is a variance fraction.
+
+    ``what`` names the betas (``trained_betas``); ``source`` the arguments they were made from, if any.
+    """
     bad = ~((betas > 0) & (betas <= 1))
     if bool(bad.any()):
         index = int(torch.nonzero(bad)[0])
-        raise ArgumentValueError(f"{what} must lie in (0, 1]; {what}[{index}]={float(betas[index])!r}")
+        origin = f" ({source} gives it in float32)" if source else ""
+        raise ArgumentValueError(f"{what} must lie in (0, 1]; {what}[{index}]={float(betas[index])!r}{origin}")
