@@ -17,10 +17,7 @@ from ddim.app.digits import DigitsUNet, UNetConfig
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse errors
-        code = int(exit_.code or 0)
+    code = main(argv)  # argparse errors, --help and --version return their exit code too
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -102,7 +99,7 @@ def test_python_dash_m_ddim_runs(tmp_path: Path) -> None:
         (["sample", "-n", "-2"], "-n/--num-samples: -2 is not allowed"),
         (["sample", "--eta", "-0.5"], "--eta: -0.5 is not allowed"),
         (["sample", "--seed", "-1"], "--seed: -1 is not allowed"),
-        (["sample", "--steps", "1001"], "num_inference_steps=1001 is out of range"),
+        (["sample", "--steps", "1001"], "--steps 1001 is out of range; allowed values are 1..1000"),
         (["sample", "--model", "does/not/exist.safetensors"], "does not exist"),
         (["invert", "--steps", "0"], "--steps: 0 is not allowed"),
         (["interpolate", "--frames", "0"], "--frames: 0 is not allowed"),
@@ -115,7 +112,7 @@ def test_user_errors_exit_2_with_a_message(
     code, _, err = run([*argv, "--no-progress", "-o", str(out)], capsys)
     assert code == 2
     assert message in err
-    assert len(err.strip().splitlines()[-1]) > 0
+    assert len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 

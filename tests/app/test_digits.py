@@ -61,6 +61,14 @@ def test_unet_config_rejects_bad_values() -> None:
         UNetConfig(channels=0)
     with pytest.raises(ValueError, match="divisible by groups"):
         UNetConfig(channels=12, groups=8)
+    with pytest.raises(ValueError, match=r"channels=1000000 is out of range; allowed values are 1\.\.1024"):
+        UNetConfig(channels=1000000)
+    with pytest.raises(ValueError, match=r"time_dim=8192 is out of range; allowed values are 2\.\.4096"):
+        UNetConfig(time_dim=8192)
+    with pytest.raises(ValueError, match="time_dim=33 must be even"):
+        UNetConfig(time_dim=33)
+    with pytest.raises(TypeError, match="channels must be an int"):
+        UNetConfig(channels=8.0)  # type: ignore[arg-type]
 
 
 def test_shipped_weights_are_small_safetensors_and_load_with_the_recommended_scheduler() -> None:

@@ -1,4 +1,5 @@
-"""ddim.app.shards and `ddim sample --out-dir` under torchrun (gloo, CPU): 2 processes == 1, SIGKILL, resume, errors.
+"""ddim.app.shards and `ddim sample --out-dir` under torchrun (gloo, CPU): 2 processes == 1, SIGKILL, resume, errors,
+a killed launcher, a second job on a busy directory.
 
 Run as a script, this file is the torchrun worker:
 ``python -m torch.distributed.run --standalone --nproc_per_node=K tests/app/test_shards_torchrun.py \
@@ -75,6 +76,60 @@ def test_sigkill_of_one_rank_then_rerun_gives_every_sample_once(tmp_path: Path) 
     assert len({row.tobytes() for row in samples["samples"]}) == count
     run(tmp_path / "fresh", num_samples=count)
     assert shard_digests(out) == shard_digests(tmp_path / "fresh")
+
+
+def wait_for_ranks(tmp_path: Path, launched: subprocess.Popen[str], ready: Path) -> list[int]:
+    """The pids of both ranks, once ``ready`` exists."""
+    deadline = time.monotonic() + TIMEOUT
+    pids = [tmp_path / "pids" / f"rank-{rank}" for rank in (0, 1)]
+    while not (ready.exists() and all(p.exists() and p.read_text() for p in pids)):
+        assert launched.poll() is None and time.monotonic() < deadline, launched.communicate()[1]
+        time.sleep(0.02)
+    return [int(p.read_text()) for p in pids]
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_killing_the_torchrun_parent_stops_its_workers_and_a_rerun_completes(tmp_path: Path) -> None:
+    out, count = tmp_path / "orphaned", 64
+    launched = torchrun(tmp_path, out, count, batch_size=8, delay=0.5)  # 4 s a shard, 4 shards a rank
+    workers = wait_for_ranks(tmp_path, launched, out / shard_file(0))
+    os.kill(launched.pid, signal.SIGKILL)  # the launcher only: its workers must not go on alone
+    launched.wait(timeout=TIMEOUT)
+    deadline = time.monotonic() + 5  # they would need 12 s more to finish on their own
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() < deadline, f"workers still running after their launcher died: {workers}"
+        time.sleep(0.05)
+    launched.communicate(timeout=TIMEOUT)
+
+    lines: list[str] = []
+    summary = run(out, num_samples=count, log=lines.append)  # the rerun: nobody is writing the directory now
+    assert summary.generated + summary.skipped == count
+    assert any("is stale" in line for line in lines)  # rank 0 was killed holding the lock
+    assert verify_shards(out).ok
+    run(tmp_path / "fresh", num_samples=count)
+    assert shard_digests(out) == shard_digests(tmp_path / "fresh")
+
+
+def test_a_second_torchrun_job_on_a_busy_directory_is_refused_on_every_rank(tmp_path: Path) -> None:
+    out, count = tmp_path / "busy", 64
+    first = torchrun(tmp_path, out, count, batch_size=8, delay=0.5)  # about 16 s
+    rank0 = wait_for_ranks(tmp_path, first, out / ".lock")[0]
+    second = torchrun_cli(*CLI_SAMPLE, "--num-samples", str(count), "--out-dir", str(out))  # ends: no rank waits
+    assert second.returncode != 0
+    assert f"ddim sample: error: {out} is in use by pid {rank0} on" in second.stderr
+    assert first.poll() is None, "the first job should still be running"
+    stderr = first.communicate(timeout=TIMEOUT)[1]
+    assert first.returncode == 0, stderr
+    assert verify_shards(out).ok and not (out / ".lock").exists()
 
 
 def torchrun_cli(*arguments: str) -> subprocess.CompletedProcess[str]:

@@ -1,13 +1,17 @@
-"""Shared pieces of the ``ddim`` subcommands: options, model loading, generators, PNG output."""
+"""Shared pieces of the ``ddim`` subcommands: options and their checks, model loading, output files."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +25,18 @@ from ddim import atomic
 from ddim.app.images import image_grid as image_grid
 from ddim.app.images import to_uint8 as to_uint8
 from ddim.app.images import write_png
-from ddim.model import Model
+from ddim.app.seeding import SEED_LIMIT
+from ddim.model import Model, NonFiniteOutputError
 from ddim.scheduler import DDIMScheduler
-from ddim.validation import ArgumentValueError
+from ddim.validation import ARGUMENT_ERRORS, ArgumentValueError, check_real, describe_range
+
+#: The largest PNG a subcommand writes, in pixels a side (so at most 2**28 pixels: a grey grid that
+#: large takes 2 x 256 MB while it is built, RGB three times that; far more needs ``--out-dir``).
+MAX_IMAGE_SIDE = 16384
+#: Pixels between the cells of a grid and around it (``image_grid``'s default).
+GRID_PAD = 3
+#: Device types ``--device`` accepts (with an index, ``cuda:1``).
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
 class UsageError(Exception):
@@ -45,36 +58,62 @@ def add_command(
 
 
 # --------------------------------------------------------------------------- argument types
-def parse_int_at_least(text: str, minimum: int) -> int:
-    """``text`` as an int >= ``minimum``, else ``argparse.ArgumentTypeError`` naming the value."""
+def parse_int_in(text: str, minimum: int, maximum: int | None = None) -> int:
+    """``text`` as an int in ``minimum..maximum``, else ``argparse.ArgumentTypeError`` naming the value."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be an integer >= {minimum}")
+    if value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be an integer {allowed}")
     return value
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
-    return parse_int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0 (seeds)."""
-    return parse_int_at_least(text, 0)
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite float >= 0 (used for eta)."""
+def parse_real_in(
+    text: str, minimum: float, maximum: float | None = None, *, open_minimum: bool = False, open_maximum: bool = False
+) -> float:
+    """``text`` as a finite float within the bounds, else ``argparse.ArgumentTypeError`` naming the value."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be a finite number >= 0")
-    return value
+    try:
+        return check_real("value", value, minimum, maximum, open_minimum=open_minimum, open_maximum=open_maximum)
+    except ArgumentValueError:
+        allowed = describe_range(minimum, maximum, open_minimum, open_maximum, real=True)
+        allowed = f"in {allowed}" if maximum is not None else allowed
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; it must be a finite number {allowed}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return parse_int_in(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    return parse_int_in(text, 0)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an int in 0..2**32 - 1 (what the per-sample seeding takes)."""
+    return parse_int_in(text, 0, SEED_LIMIT - 1)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (used for eta)."""
+    return parse_real_in(text, 0.0)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    return parse_real_in(text, 0.0, open_minimum=True)
+
+
+def unit_interval_float(text: str) -> float:
+    """argparse type: a float in [0, 1) (a decay rate)."""
+    return parse_real_in(text, 0.0, 1.0, open_maximum=True)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +142,7 @@ def add_sampling_options(parser: argparse.ArgumentParser, steps: int = 50) -> No
         help="timestep spacing (default: the model's scheduler config)",
     )
     parser.add_argument(
-        "--seed", type=non_negative_int, default=0, help="seed >= 0; sample i has its own generator (default: 0)"
+        "--seed", type=seed_int, default=0, help="seed in 0..2**32-1; sample i has its own generator (default: 0)"
     )
     parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per model call (default: 256)")
 
@@ -123,10 +162,7 @@ def load_model(path: Path | None, device: str) -> LoadedModel:
     """The embedded digits model, a safetensors digits UNet, or a local diffusers pipeline folder."""
     from ddim.app import digits
 
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError as error:
-        raise UsageError(f"--device {device!r} is not a torch device: {error}") from error
+    torch_device = check_device(device)
     if path is None:
         unet, scheduler = digits.load_pretrained(torch_device)
         return LoadedModel(unet, scheduler, (1, 8, 8), "embedded digits model")
@@ -139,26 +175,53 @@ def load_model(path: Path | None, device: str) -> LoadedModel:
     return LoadedModel(unet, scheduler, (1, 8, 8), f"digits UNet {path}")
 
 
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """No logging and no Python warnings inside the block: diffusers' and transformers' notices
+    (e.g. about ``accelerate``) would otherwise print before our one-line error."""
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
 def load_diffusers_pipeline(folder: Path, device: torch.device) -> LoadedModel:
     """A diffusers pipeline folder's ``unet`` (safetensors only) with our ``DDIMScheduler`` from its config."""
+    from ddim.app.digits.model_files import check_schedule_values
+
     unet_folder = folder / "unet"
+    name = str(folder)
     if not (folder / "model_index.json").is_file() or not unet_folder.is_dir():
-        raise UsageError(f"--model {str(folder)!r} is a folder but not a diffusers pipeline (no model_index.json/unet)")
+        raise UsageError(f"--model {name!r} is a folder but not a diffusers pipeline (no model_index.json/unet)")
     if not any(unet_folder.glob("*.safetensors")):
         raise UsageError(
-            f"--model {str(folder)!r}: the unet has no .safetensors weights; pickle checkpoints (.bin) are refused"
+            f"--model {name!r}: the unet has no .safetensors weights; pickle checkpoints (.bin) are refused"
         )
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as error:
-        raise UsageError("--model with a diffusers pipeline folder needs diffusers: pip install diffusers") from error
-    try:
-        unet = UNet2DModel.from_pretrained(unet_folder, use_safetensors=True).to(device).eval()
-        scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
-        raise UsageError(f"--model {str(folder)!r} cannot be loaded: {error}") from error
-    if not isinstance(scheduler, DDIMScheduler):
-        raise UsageError(f"--model {str(folder)!r}: the scheduler config could not be read")
+    with quiet_libraries():
+        try:
+            from diffusers import UNet2DModel
+        except ImportError as error:
+            raise UsageError(
+                "--model with a diffusers pipeline folder needs diffusers: pip install diffusers"
+            ) from error
+        try:
+            values = DDIMScheduler.load_config(folder, subfolder="scheduler")
+            check_schedule_values(values)
+            scheduler = DDIMScheduler.from_config(values)
+        except (*ARGUMENT_ERRORS, ValueError) as error:
+            raise UsageError(f"--model {name!r}: scheduler config: {error}") from error
+        try:
+            unet = UNet2DModel.from_pretrained(unet_folder, use_safetensors=True).to(device).eval()
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise UsageError(f"--model {name!r} cannot be loaded: {error}") from error
+    channels, size = unet.config.in_channels, unet.config.sample_size
+    sides = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    if channels not in (1, 3) or len(sides) != 2 or not all(isinstance(n, int) and n > 0 for n in sides):
+        raise UsageError(f"--model {name!r}: a PNG needs a unet of 1 or 3 channels and a positive sample_size")
     if scheduler.config.clip_sample and not scheduler.config.thresholding:
         print(
             "ddim: note: this pipeline's scheduler config has clip_sample=True; deterministic sampling with many "
@@ -169,9 +232,7 @@ def load_diffusers_pipeline(folder: Path, device: torch.device) -> LoadedModel:
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return unet(x, t).sample
 
-    size = unet.config.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    return LoadedModel(model, scheduler, (int(unet.config.in_channels), height, width), f"diffusers pipeline {folder}")
+    return LoadedModel(model, scheduler, (int(channels), *sides), f"diffusers pipeline {folder}")
 
 
 def configure_spacing(scheduler: DDIMScheduler, spacing: str | None) -> DDIMScheduler:
@@ -181,16 +242,107 @@ def configure_spacing(scheduler: DDIMScheduler, spacing: str | None) -> DDIMSche
     return DDIMScheduler.from_config(scheduler.config, timestep_spacing=spacing)
 
 
-# --------------------------------------------------------------------------- images
+# --------------------------------------------------------------------------- checks before the work
+def check_device(text: str) -> torch.device:
+    """``--device`` as a torch device, after checking that it is a supported device type this machine has."""
+    match = re.fullmatch(r"([a-z]+)(?::(\d+))?", text)
+    if match is None or match.group(1) not in DEVICE_TYPES:
+        allowed = ", ".join(f"{kind}, {kind}:N" if kind in ("cuda", "xpu") else kind for kind in DEVICE_TYPES)
+        raise UsageError(f"--device {text!r} is not supported; allowed values are {allowed}")
+    kind, index = match.group(1), int(match.group(2) or 0)
+    count = device_count(kind)
+    if index >= count:
+        raise UsageError(f"--device {text!r} is not available: this PyTorch sees {count} {kind} device(s)")
+    device = torch.device(text)
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise UsageError(f"--device {text!r} cannot be used: {str(error).strip().splitlines()[0]}") from error
+    return device
+
+
+def device_count(kind: str) -> int:
+    """How many devices of ``kind`` (one of DEVICE_TYPES) this PyTorch build can use."""
+    if kind == "cpu":
+        return 1
+    if kind == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "mps":
+        return int(torch.backends.mps.is_available())
+    backend = getattr(torch, kind, None)
+    return int(backend.device_count()) if backend is not None and backend.is_available() else 0
+
+
+def check_steps(steps: int, scheduler: DDIMScheduler, option: str = "--steps") -> int:
+    """``steps`` after checking 1 <= steps <= the model's num_train_timesteps (``UsageError`` naming ``option``)."""
+    total = int(scheduler.config.num_train_timesteps)
+    if not 1 <= steps <= total:
+        raise UsageError(
+            f"{option} {steps} is out of range; allowed values are 1..{total} (the model's num_train_timesteps)"
+        )
+    return steps
+
+
+def check_grid_size(count: int, columns: int, sample_shape: tuple[int, ...], scale: int, lower: str) -> None:
+    """``UsageError`` (suggesting to lower ``lower``) when a grid of ``count`` samples is over the PNG limits."""
+    rows = max(1, math.ceil(count / columns))
+    height = rows * (sample_shape[-2] * scale + GRID_PAD) + GRID_PAD
+    width = columns * (sample_shape[-1] * scale + GRID_PAD) + GRID_PAD
+    if max(height, width) > MAX_IMAGE_SIDE:
+        raise UsageError(f"the PNG would be {width}x{height} pixels, over {MAX_IMAGE_SIDE} a side; lower {lower}")
+
+
+def check_finite(samples: torch.Tensor, what: str = "samples") -> torch.Tensor:
+    """``samples`` after checking every value is finite (``NonFiniteOutputError`` before anything is written)."""
+    finite = torch.isfinite(samples).reshape(samples.shape[0], -1).all(dim=1)
+    bad = int((~finite).sum())
+    if bad:
+        raise NonFiniteOutputError(
+            f"{bad} of {finite.numel()} {what} hold NaN or Inf values; nothing was written (the model's "
+            "weights or scheduler config are broken, or eta is too large: above 1 it can exceed the schedule's noise)"
+        )
+    return samples
+
+
+# --------------------------------------------------------------------------- output files
+def output_error(path: Path, error: OSError) -> UsageError:
+    """The ``UsageError`` for an output ``path`` that cannot be written (disk full, read-only, ...)."""
+    return UsageError(f"cannot write {str(path)!r}: {error.strerror or error}")
+
+
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """:func:`ddim.atomic.write_atomically`, with ``UsageError`` when ``path`` cannot be written."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist")
+    """:func:`ddim.atomic.write_atomically` (no partial file, the temporary file removed on failure),
+    with ``UsageError`` when ``path`` cannot be written."""
+    check_output_path(path)
     try:
         atomic.write_atomically(path, write)
     except OSError as error:
-        raise UsageError(f"cannot write {str(path)!r}: {error.strerror or error}") from error
+        raise output_error(path, error) from error
+
+
+def write_together(folder: Path, write: Callable[[Path], Any], create: bool = False) -> None:
+    """Call ``write(staging)``, a fresh hidden folder inside ``folder``, then move each file it wrote into ``folder``.
+
+    All or nothing: when ``write`` fails (``UsageError`` for an ``OSError``) the staging folder is
+    removed and no file of ``folder`` changes. ``create`` makes a missing ``folder`` (removed again on failure).
+    """
+    created = create and not folder.exists()
+    try:
+        if created:
+            folder.mkdir()
+        staging = Path(tempfile.mkdtemp(prefix=".ddim-", suffix=atomic.TEMP_SUFFIX, dir=folder))
+    except OSError as error:
+        raise output_error(folder, error) from error
+    try:
+        write(staging)
+        for file in sorted(staging.iterdir()):
+            os.replace(file, folder / file.name)
+    except OSError as error:
+        raise output_error(folder, error) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -198,18 +350,15 @@ def save_png(path: Path, image: np.ndarray) -> None:
     write_atomically(path, lambda tmp: write_png(tmp, image))
 
 
-def save_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def check_output_path(path: Path) -> None:
-    """``UsageError`` early (before any computation) when ``path``'s folder is missing or ``path`` is a folder."""
+    """``UsageError`` early (before any computation) when ``path`` is a folder or its folder is missing or read-only."""
     if path.is_dir():
         raise UsageError(f"output path {str(path)!r} is a folder; give a file name")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {str(path)!r}: folder {str(folder)!r} is not writable")
 
 
 @contextmanager

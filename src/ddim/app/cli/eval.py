@@ -12,14 +12,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ddim.app import evaluation
 from ddim.app.cli import common
 from ddim.app.digits.fid import DigitsFID
+from ddim.app.seeding import SEED_LIMIT
 from ddim.progress import Progress
 from ddim.scheduler import DDIMScheduler
 
 #: Largest samples-per-seed count of a column (all N samples of a seed are held in memory for the metric).
 MAX_COUNT = 100_000
+#: Most seeds per cell (each seed re-runs every cell; the paper's tables use a handful).
+MAX_SEEDS = 1000
+#: The output folder when --out-dir is not given: the only one ``ddim eval`` creates.
+DEFAULT_OUT_DIR = "eval"
+
+
+class FiniteFID(DigitsFID):
+    """:class:`DigitsFID` that refuses non-finite samples (``NonFiniteOutputError``) instead of scoring them."""
+
+    def __call__(self, samples: torch.Tensor) -> float:
+        return super().__call__(common.check_finite(samples))
 
 
 def step_count(text: str) -> tuple[int, int]:
@@ -70,10 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="samples per seed of the DDIM (S=50, eta=0) vs DDPM comparison, run at that N besides the grid "
         f"(default: {evaluation.DDPM_COUNT} for the full grid; none with --quick or --counts)",
     )
-    parser.add_argument("--seeds", type=common.positive_int, default=5, help="seeds per cell (default: 5)")
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: common.parse_int_in(text, 1, MAX_SEEDS),
+        default=5,
+        help=f"seeds per cell, 1..{MAX_SEEDS} (default: 5)",
+    )
     parser.add_argument(
         "--first-seed",
-        type=common.non_negative_int,
+        type=common.seed_int,
         default=0,
         help="the seeds are FIRST_SEED, FIRST_SEED+1, ... (default: 0); adds seeds to an earlier run's cells",
     )
@@ -93,11 +112,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --clip-sample: recompute eps from the clipped x_0 (diffusers' fix for the trap)",
     )
-    parser.add_argument("--out-dir", type=Path, default=Path("eval"), help="output folder (default: ./eval)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help=f"an existing output folder (default: ./{DEFAULT_OUT_DIR}, created when missing)",
+    )
     common.add_model_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_device(args.device)
+    out_dir = Path(DEFAULT_OUT_DIR) if args.out_dir is None else args.out_dir
+    if args.out_dir is None and not out_dir.exists():
+        common.check_output_path(out_dir)  # created when the results are written
+    elif not out_dir.is_dir():
+        raise common.UsageError(f"--out-dir {str(out_dir)!r} is not an existing folder")
+    else:
+        common.check_output_path(out_dir / "table1.json")
     if args.quick:
         counts, etas, seeds, ddpm_count = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2, None
     else:
@@ -106,36 +138,40 @@ def run(args: argparse.Namespace) -> int:
     ddpm_count = args.ddpm_count or ddpm_count
     counts = dict(args.counts) if args.counts else counts
     etas = args.etas or etas
-    if not args.out_dir.is_dir():
-        raise common.UsageError(f"--out-dir {str(args.out_dir)!r} is not an existing folder")
+    if args.first_seed + seeds > SEED_LIMIT:
+        raise common.UsageError(f"--first-seed {args.first_seed} + --seeds {seeds} must be at most 2**32")
     loaded = common.load_model(args.model, args.device)
     if loaded.sample_shape != (1, 8, 8):
         raise common.UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
     scheduler = loaded.scheduler
     if args.clip_sample:
         scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)
-    fid = DigitsFID()
     cells = evaluation.table1_cells(counts, etas, ddpm_count)
+    for steps in sorted({cell.steps for cell in cells}):
+        common.check_steps(steps, scheduler, "S (of --counts, or 1000 for the DDPM comparison)")
+    fid = FiniteFID()
     seed_list = list(range(args.first_seed, args.first_seed + seeds))
     bar = Progress(len(cells) * seeds, "ddim eval", "seed-run", args.progress)
     results = []
     started = time.perf_counter()
-    for cell in cells:
-        bar.set_note(f"S={cell.steps} eta={cell.eta:g} N={cell.count}")
-        results.append(
-            evaluation.run_cell(
-                loaded.model,
-                scheduler,
-                cell,
-                seed_list,
-                fid,
-                args.device,
-                on_seed=lambda: bar.update(),
-                use_clipped_model_output=args.use_clipped_model_output,
-                batch_size=args.batch_size,
+    try:
+        for cell in cells:
+            bar.set_note(f"S={cell.steps} eta={cell.eta:g} N={cell.count}")
+            results.append(
+                evaluation.run_cell(
+                    loaded.model,
+                    scheduler,
+                    cell,
+                    seed_list,
+                    fid,
+                    args.device,
+                    on_seed=lambda: bar.update(),
+                    use_clipped_model_output=args.use_clipped_model_output,
+                    batch_size=args.batch_size,
+                )
             )
-        )
-    bar.close()
+    finally:
+        bar.close()
     report: dict[str, Any] = {
         "model": loaded.description,
         "scheduler": {k: v for k, v in scheduler.config.items() if not k.startswith("_")},
@@ -150,9 +186,13 @@ def run(args: argparse.Namespace) -> int:
         "seconds_total": time.perf_counter() - started,
     }
     markdown = evaluation.markdown_report(report)
-    common.save_text(args.out_dir / "table1.json", json.dumps(report, indent=1, default=float) + "\n")
-    common.save_text(args.out_dir / "table1.md", markdown)
-    common.write_atomically(args.out_dir / "table1.png", lambda tmp: evaluation.plot_report(report, str(tmp)))
+
+    def write(folder: Path) -> None:
+        (folder / "table1.json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+        (folder / "table1.md").write_text(markdown, encoding="utf-8")
+        evaluation.plot_report(report, str(folder / "table1.png"))
+
+    common.write_together(out_dir, write, create=args.out_dir is None)
     print(markdown)
-    print(f"wrote {args.out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
+    print(f"wrote {out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
     return 0

@@ -21,7 +21,7 @@ from ddim.sampling import sample
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = common.add_command(subparsers, __doc__, run)
     parser.add_argument(
-        "--seeds", type=common.non_negative_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
+        "--seeds", type=common.seed_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
     )
     parser.add_argument(
         "--frames", type=common.positive_int, default=9, help="points on the path, ends included (default: 9)"
@@ -35,16 +35,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_device(args.device)
     common.check_output_path(args.output)
     with common.timed() as elapsed:
         loaded = common.load_model(args.model, args.device)
         scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
+        common.check_steps(args.steps, scheduler)
+        scale = max(1, 48 // loaded.sample_shape[-2])
+        common.check_grid_size(args.frames, args.frames, loaded.sample_shape, scale, "--frames")
         shape = (1, *loaded.sample_shape)
         ends = [randn_like_diffusers(shape, row_generators(seed, 0, 1), device=args.device) for seed in args.seeds]
         weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
         latents = slerp(ends[0], ends[1], weights).reshape(args.frames, *loaded.sample_shape)
-        frames = sample(loaded.model, scheduler, noise=latents, num_inference_steps=args.steps, progress=args.progress)
-        scale = max(1, 48 // loaded.sample_shape[-2])
+        frames = sample(
+            loaded.model,
+            scheduler,
+            noise=latents,
+            num_inference_steps=args.steps,
+            progress=args.progress,
+        )
+        common.check_finite(frames, "frames")
         common.save_png(args.output, common.image_grid(common.to_uint8(frames.cpu()), args.frames, scale))
     print(
         f"wrote {args.output} ({args.frames} frames from seed {args.seeds[0]} to seed {args.seeds[1]}) "

@@ -12,49 +12,68 @@ from pathlib import Path
 import torch
 
 from ddim.app.cli import common
-from ddim.app.digits import load_digits_split
+from ddim.app.digits import TEST_SIZE, load_digits_split
 from ddim.inversion import invert
 from ddim.sampling import sample
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = common.add_command(subparsers, __doc__, run)
-    parser.add_argument("-n", "--num-images", type=common.positive_int, default=8, help="held-out digits (default: 8)")
-    parser.add_argument("--first", type=int, default=0, help="index of the first held-out digit (default: 0)")
+    parser.add_argument(
+        "-n",
+        "--num-images",
+        type=lambda text: common.parse_int_in(text, 1, TEST_SIZE),
+        default=8,
+        help=f"held-out digits, 1..{TEST_SIZE} (default: 8)",
+    )
+    parser.add_argument(
+        "--first", type=common.non_negative_int, default=0, help="index of the first held-out digit (default: 0)"
+    )
     parser.add_argument("--steps", type=common.positive_int, default=50, help="DDIM steps both ways (default: 50)")
     parser.add_argument(
-        "--fixed-point-iterations", type=int, default=0, help="refinements per inversion step (default: 0)"
+        "--fixed-point-iterations",
+        type=common.non_negative_int,
+        default=0,
+        help="refinements per inversion step (default: 0)",
     )
     common.add_model_options(parser)
     parser.add_argument("-o", "--output", type=Path, default=Path("inversion.png"), help="PNG (default: inversion.png)")
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_device(args.device)
     common.check_output_path(args.output)
-    if args.fixed_point_iterations < 0:
-        raise common.UsageError(f"--fixed-point-iterations={args.fixed_point_iterations} must be >= 0")
+    if args.first + args.num_images > TEST_SIZE:
+        raise common.UsageError(
+            f"--first {args.first} with -n {args.num_images} runs past the {TEST_SIZE} held-out digits; "
+            f"allowed --first values are 0..{TEST_SIZE - args.num_images}"
+        )
     with common.timed() as elapsed:
         loaded = common.load_model(args.model, args.device)
         if loaded.sample_shape != (1, 8, 8):
             raise common.UsageError("ddim invert needs a digits model (1x8x8 samples): it inverts held-out digits")
+        common.check_steps(args.steps, loaded.scheduler)
         held_out = load_digits_split().test_images
-        if not 0 <= args.first <= held_out.shape[0] - args.num_images:
-            raise common.UsageError(
-                f"--first={args.first} with --num-images={args.num_images} runs past the "
-                f"{held_out.shape[0]} held-out digits"
-            )
         originals = held_out[args.first : args.first + args.num_images].to(args.device)
-        latents = invert(
-            loaded.model,
-            loaded.scheduler,
-            originals,
-            num_inference_steps=args.steps,
-            fixed_point_iterations=args.fixed_point_iterations,
-            progress=args.progress,
+        latents = common.check_finite(
+            invert(
+                loaded.model,
+                loaded.scheduler,
+                originals,
+                num_inference_steps=args.steps,
+                fixed_point_iterations=args.fixed_point_iterations,
+                progress=args.progress,
+            ),
+            "inverted digits (x_T)",
         )
         decoded = sample(
-            loaded.model, loaded.scheduler, noise=latents, num_inference_steps=args.steps, progress=args.progress
+            loaded.model,
+            loaded.scheduler,
+            noise=latents,
+            num_inference_steps=args.steps,
+            progress=args.progress,
         )
+        common.check_finite(decoded, "reconstructions")
         error = (decoded - originals).float()
         rmse = float(error.pow(2).mean().sqrt())
         worst = float(error.abs().max())

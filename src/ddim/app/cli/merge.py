@@ -1,7 +1,8 @@
 """``ddim merge``: verify the shards of `ddim sample --out-dir DIR` and merge them into one .npz
 
 Verify a sharded run (as `ddim verify`) and write its arrays indices, seeds and samples, in index order, to
-one .npz (atomically). Exit code 1 when shards are missing or corrupt.
+one .npz (atomically). Exit code 1 when shards are missing or corrupt or files are stray; 2 when DIR is not a
+shard directory, its manifest is damaged, or --output cannot be written (nothing partial is left).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_output_path(args.output)  # before verifying, which reads every shard
+    if args.output.exists() and not args.force:
+        raise common.UsageError(f"--output {str(args.output)!r} exists; pass --force to replace it")
     report = verify_shards(args.out_dir)
     if not report.ok:
         print(report.describe(), file=sys.stderr)

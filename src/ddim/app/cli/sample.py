@@ -71,12 +71,18 @@ def generate_samples(
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_device(args.device)
     if args.out_dir is not None:
         return run_sharded(args)
     common.check_output_path(args.output)
     with common.timed() as elapsed:
         loaded = common.load_model(args.model, args.device)
         scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
+        common.check_steps(args.steps, scheduler)
+        scale = args.scale or max(1, 48 // loaded.sample_shape[-2])
+        columns = math.ceil(math.sqrt(args.num_samples))
+        lower = "--scale or -n (--out-dir writes any number of samples)"
+        common.check_grid_size(args.num_samples, columns, loaded.sample_shape, scale, lower)
         samples = generate_samples(
             loaded,
             scheduler,
@@ -88,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=args.progress,
         )
-        scale = args.scale or max(1, 48 // loaded.sample_shape[-2])
-        columns = math.ceil(math.sqrt(args.num_samples))
+        common.check_finite(samples)
         common.save_png(args.output, common.image_grid(common.to_uint8(samples), columns, scale))
     print(
         f"wrote {args.output} ({args.num_samples} samples of the {loaded.description}, {args.steps} steps, "

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from ddim.app.cli.common import UsageError, configure_spacing, load_model, positive_int
 from ddim.app.shards import generate_shards, rank_device
+from ddim.app.shards.processes import die_with_parent
 
 
 def add_sharded_options(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,8 @@ def add_sharded_options(parser: argparse.ArgumentParser) -> None:
 
 def run_sharded(args: argparse.Namespace) -> int:
     """Generate ``--num-samples`` samples into ``--out-dir`` on this process's share of the shards."""
+    if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        die_with_parent()  # first thing: a torchrun worker must not outlive its launcher, even while loading
     try:
         device = rank_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     except RuntimeError as error:  # not a device string (ValueError, e.g. no CUDA, is reported by ddim.app.cli)
@@ -56,5 +60,11 @@ def run_sharded(args: argparse.Namespace) -> int:
         png=args.png,
         progress=args.progress,
         model_info={"description": loaded.description},
+        log=report,
     )
     return 0
+
+
+def report(line: str) -> None:
+    """The summary line on stdout, notes (a stale lock taken over, idle processes, stray files) on stderr."""
+    print(line, file=sys.stderr if line.startswith("note:") else sys.stdout)

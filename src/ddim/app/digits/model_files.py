@@ -8,19 +8,27 @@ Weights are only ever read with safetensors; pickle files are refused, never unp
 from __future__ import annotations
 
 import json
+import numbers
+import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from ddim.app.digits.unet import DigitsUNet, UNetConfig
 from ddim.scheduler import DDIMScheduler
-from ddim.validation import ArgumentValueError
+from ddim.validation import ARGUMENT_ERRORS, ArgumentTypeError, ArgumentValueError, check_int, check_real
 
 WEIGHTS_NAME = "digits_unet.safetensors"
 CONFIG_NAME = "digits_unet.json"
+#: Largest JSON header of a safetensors file (the limit of the safetensors format itself).
+MAX_HEADER_BYTES = 100_000_000
+#: Largest ``num_train_timesteps`` of a model config: the schedule tables are a few tensors of length T,
+#: so this keeps them to a few MB (100x the usual 1000) while a hostile value cannot exhaust the memory.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def weights_dir() -> Path:
@@ -28,10 +36,33 @@ def weights_dir() -> Path:
     return Path(str(resources.files("ddim.app.digits") / "weights"))
 
 
+def safetensors_header(head: bytes, handle: BinaryIO, size: int) -> dict[str, Any] | None:
+    """The JSON header of a safetensors file whose first 8 bytes are ``head``, or None if it has none.
+
+    The format: an 8-byte little-endian length N (here 2 <= N <= size - 8), then N bytes of a JSON object.
+    """
+    if len(head) < 8:
+        return None
+    length = int.from_bytes(head, "little")
+    if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
+        return None
+    try:
+        header = json.loads(handle.read(length))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def is_pickle_magic(head: bytes) -> bool:
+    """Whether ``head`` starts like a PyTorch zip archive (``PK\\x03\\x04``) or a pickle (protocol 2..5)."""
+    return head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file; ``ValueError`` for a missing, unreadable, pickle or non-safetensors file.
 
-    Never unpickles: a file that starts like a pickle or a PyTorch zip archive is refused unread.
+    Never unpickles: the file is parsed as safetensors (header length, JSON header); only a file that
+    is not safetensors and starts like a pickle or a PyTorch zip archive is called a checkpoint.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -41,13 +72,18 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ArgumentValueError(f"model path {str(file)!r} does not exist or is not a file")
     try:
         with file.open("rb") as handle:
-            head = handle.read(2)
+            head = handle.read(8)
+            header = safetensors_header(head, handle, os.fstat(handle.fileno()).st_size)
     except OSError as error:
         raise ArgumentValueError(f"model path {str(file)!r} cannot be read: {error.strerror}") from error
-    if head[:1] == b"\x80" or head == b"PK":
+    if header is None and is_pickle_magic(head):
         raise ArgumentValueError(
             f"model file {str(file)!r} is a pickle/PyTorch checkpoint; refused (pickle can run code). "
             "Convert it to safetensors"
+        )
+    if header is None:
+        raise ArgumentValueError(
+            f"model file {str(file)!r} is not a readable safetensors file: no 8-byte length and JSON header"
         )
     try:
         return load_file(str(file))
@@ -56,9 +92,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def unet_from_state_dict(state: dict[str, torch.Tensor], config: UNetConfig) -> DigitsUNet:
-    """A :class:`DigitsUNet` holding ``state``; ``ValueError`` naming missing, unexpected or mis-shaped tensors."""
-    model = DigitsUNet(config)
-    expected = model.state_dict()
+    """A :class:`DigitsUNet` holding ``state``; ``ValueError`` naming a missing, unexpected, mis-shaped,
+    non-floating-point or non-finite tensor (checked in float32, the dtype the model runs in)."""
+    with torch.device("meta"):  # the expected shapes, without allocating the network
+        expected = {name: tuple(tensor.shape) for name, tensor in DigitsUNet(config).state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -66,13 +103,21 @@ def unet_from_state_dict(state: dict[str, torch.Tensor], config: UNetConfig) -> 
             f"weights do not match the digits UNet (channels={config.channels}): "
             f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}"
         )
-    for name, tensor in expected.items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
+    weights = {}
+    for name, shape in expected.items():
+        tensor = state[name]
+        if tuple(tensor.shape) != shape:
             raise ArgumentValueError(
-                f"weights tensor {name!r} has shape {tuple(state[name].shape)}, the digits UNet "
-                f"(channels={config.channels}) needs {tuple(tensor.shape)}"
+                f"weights tensor {name!r} has shape {tuple(tensor.shape)}, the digits UNet "
+                f"(channels={config.channels}) needs {shape}"
             )
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+        if not tensor.is_floating_point():
+            raise ArgumentValueError(f"weights tensor {name!r} has dtype {tensor.dtype}; floating-point weights needed")
+        weights[name] = tensor.float()
+        if not bool(torch.isfinite(weights[name]).all()):
+            raise ArgumentValueError(f"weights tensor {name!r} holds NaN or Inf values (in float32)")
+    model = DigitsUNet(config)
+    model.load_state_dict(weights)
     return model.eval()
 
 
@@ -80,15 +125,17 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     """The JSON config next to a weights file: ``{"unet": {...}, "scheduler": {...}, ...}``."""
     try:
         config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ArgumentValueError(f"model config {str(path)!r} cannot be read as JSON: {error}") from error
     if not isinstance(config, dict) or not isinstance(config.get("unet"), dict):
         raise ArgumentValueError(f"model config {str(path)!r} must be a JSON object with a 'unet' object")
+    if not isinstance(config.get("scheduler", {}), dict):
+        raise ArgumentValueError(f"model config {str(path)!r}: its 'scheduler' entry must be a JSON object")
     return config
 
 
 def unet_config_from_dict(values: dict[str, Any]) -> UNetConfig:
-    """A :class:`UNetConfig` from a dict, rejecting unknown keys."""
+    """A :class:`UNetConfig` from a dict, rejecting unknown keys (and values as :class:`UNetConfig` does)."""
     known = set(asdict(UNetConfig()))
     unknown = sorted(set(values) - known)
     if unknown:
@@ -96,9 +143,40 @@ def unet_config_from_dict(values: dict[str, Any]) -> UNetConfig:
     return UNetConfig(**values)
 
 
+def check_schedule_values(values: Mapping[str, Any]) -> None:
+    """Refuse schedule values of a config file that no model is trained with: betas outside (0, 1],
+    ``num_train_timesteps`` outside 1..MAX_TRAIN_TIMESTEPS, ``steps_offset`` outside 0..T - 1.
+
+    The other values are checked by the scheduler's constructor.
+    """
+    for name in ("beta_start", "beta_end"):
+        if name in values:
+            check_real(name, values[name], 0.0, 1.0, open_minimum=True)
+    total = check_int("num_train_timesteps", values.get("num_train_timesteps", 1000), 1, MAX_TRAIN_TIMESTEPS)
+    check_int("steps_offset", values.get("steps_offset", 0), 0, total - 1)
+    betas = values.get("trained_betas")
+    if betas is not None and not (isinstance(betas, list) and all(is_real(b) for b in betas)):
+        raise ArgumentTypeError(f"trained_betas must be a list of numbers, got {type(betas).__name__}")
+
+
+def is_real(value: object) -> bool:
+    """Whether ``value`` is a real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def scheduler_from_config(config: dict[str, Any]) -> DDIMScheduler:
-    """The scheduler recommended for a model config (its ``scheduler`` entry, else ``clip_sample=False``)."""
-    return DDIMScheduler(**config.get("scheduler", {"clip_sample": False}))
+    """The scheduler recommended for a model config (its ``scheduler`` entry, else ``clip_sample=False``).
+
+    Unknown keys are refused (keys starting with ``_`` are metadata and ignored); values are checked
+    by :func:`check_schedule_values` and the constructor.
+    """
+    values = {k: v for k, v in config.get("scheduler", {"clip_sample": False}).items() if not k.startswith("_")}
+    known = DDIMScheduler.init_keys()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ArgumentValueError(f"unknown scheduler config keys {unknown}; allowed keys are {sorted(known)}")
+    check_schedule_values(values)
+    return DDIMScheduler(**values)
 
 
 def load_model(
@@ -114,8 +192,12 @@ def load_model(
         sibling = weights.with_suffix(".json")
         config_path = sibling if sibling.is_file() else weights_dir() / CONFIG_NAME
     config = read_model_config(config_path)
-    model = unet_from_state_dict(load_state_dict(weights), unet_config_from_dict(config["unet"]))
-    return model.to(device), scheduler_from_config(config)
+    try:
+        unet_config, scheduler = unet_config_from_dict(config["unet"]), scheduler_from_config(config)
+    except ARGUMENT_ERRORS as error:
+        raise type(error)(f"model config {str(config_path)!r}: {error}") from error
+    model = unet_from_state_dict(load_state_dict(weights), unet_config)
+    return model.to(device), scheduler
 
 
 def load_pretrained(device: str | torch.device = "cpu") -> tuple[DigitsUNet, DDIMScheduler]:

@@ -10,21 +10,31 @@ from torch import nn
 
 from ddim.validation import ArgumentValueError, check_int
 
+#: Upper bounds of :class:`UNetConfig`: at both, the network has ~290M parameters (1.2 GB in float32),
+#: 20x the width of the shipped model; larger configs only ever come from mistakes or hostile files.
+MAX_CHANNELS = 1024
+MAX_TIME_DIM = 4096
+
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Architecture of :class:`DigitsUNet`: ``channels`` at 8x8, ``2 * channels`` at 4x4."""
+    """Architecture of :class:`DigitsUNet`: ``channels`` at 8x8, ``2 * channels`` at 4x4.
+
+    ``channels`` in 1..MAX_CHANNELS and divisible by ``groups``; ``time_dim`` even, in 2..MAX_TIME_DIM.
+    """
 
     channels: int = 32
     time_dim: int = 64
     groups: int = 8
 
     def __post_init__(self) -> None:
-        check_int("channels", self.channels, minimum=1)
-        check_int("time_dim", self.time_dim, minimum=1)
+        check_int("channels", self.channels, 1, MAX_CHANNELS)
+        check_int("time_dim", self.time_dim, 2, MAX_TIME_DIM)
         check_int("groups", self.groups, minimum=1)
         if self.channels % self.groups:
             raise ArgumentValueError(f"channels={self.channels} must be divisible by groups={self.groups}")
+        if self.time_dim % 2:
+            raise ArgumentValueError(f"time_dim={self.time_dim} must be even (a cosine and a sine half)")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -27,12 +27,18 @@ import torch.distributed as dist
 
 from ddim.app.images import png_bytes, to_uint8
 from ddim.app.seeding import sample_generators, sample_seeds
-from ddim.app.shards.files import json_bytes, npz_bytes, sha256_hex
+from ddim.app.shards.files import json_bytes, npz_bytes, sha256_hex, write_file, writing
 from ddim.app.shards.layout import SAMPLE_DTYPES, rank_shards, record_file, shard_file, shard_ranges
+from ddim.app.shards.lock import JobLock, watch_lock
 from ddim.app.shards.manifest import finalize_manifest, model_description, prepare_directory, run_identity
-from ddim.app.shards.processes import join_process_group, rank_device, recorded_shards, wait_for_shards
-from ddim.atomic import write_bytes_atomically
-from ddim.model import Model
+from ddim.app.shards.processes import (
+    ProcessGroup,
+    join_process_group,
+    rank_device,
+    recorded_shards,
+    wait_for_shards,
+)
+from ddim.model import Model, NonFiniteOutputError
 from ddim.progress import Progress
 from ddim.sampling import sample
 from ddim.scheduler import DDIMStepping
@@ -119,6 +125,12 @@ def generate_shards(
     (3, H, W) in [-1, 1]). Rank 0 shows a progress bar (when tqdm is installed) counting the samples
     of all ranks and finally logs the throughput (``log``; None for silence). Returns the same
     summary on every rank.
+
+    Rank 0 holds the directory's lock (:mod:`.lock`) for the whole call: another job on the same
+    directory is refused at once (:class:`~ddim.app.shards.lock.DirectoryInUseError`), a stale lock is
+    taken over (a note to ``log``). Under torchrun a rank ends with its launcher, and a rank waiting
+    for the others stops when the job's lock is gone. A write that fails for want of space or rights
+    raises :class:`ShardError` (``"cannot write PATH: ..."``) and leaves no partial file.
     """
     num_samples = check_int("num_samples", num_samples, minimum=1)
     seed = check_int("seed", seed, minimum=0)
@@ -140,6 +152,7 @@ def generate_shards(
     if png and shape[0] not in (1, 3):
         raise ArgumentValueError(f"png=True needs samples of shape (1, H, W) or (3, H, W), got sample_shape={shape}")
     group = join_process_group()
+    held: list[JobLock] = []  # rank 0's lock of the directory, for the whole job
     try:
         if group.world_size > num_samples:
             raise ArgumentValueError(
@@ -163,7 +176,13 @@ def generate_shards(
             png,
         )
         directory = Path(out_dir)
-        todo: list[int] = group.run_on_rank0(lambda: prepare_directory(directory, identity, group.world_size))
+
+        def prepare() -> tuple[list[int], dict[str, Any]]:
+            lock, shards = prepare_directory(directory, identity, group.world_size, log)
+            held.append(lock)
+            return shards, lock.owner
+
+        todo, owner = group.run_on_rank0(prepare)
         if log is not None and group.rank == 0 and 0 < len(todo) < group.world_size:
             log(
                 f"note: {len(todo)} shard(s) to generate for {group.world_size} processes, so some processes are "
@@ -183,7 +202,12 @@ def generate_shards(
                 )
                 if show is not None:
                     show()
-            wait_for_shards(directory, todo, count.show_recorded if count is not None else None)
+            wait_for_shards(
+                directory,
+                todo,
+                count.show_recorded if count is not None else None,
+                check=_job_check(group, directory, owner),
+            )
             group.barrier()
         seconds = time.perf_counter() - started
         if group.rank == 0:
@@ -194,8 +218,22 @@ def generate_shards(
             log(summary.describe())
         return summary
     finally:
+        for lock in held:
+            lock.release()
         if group.created:
             dist.destroy_process_group()
+
+
+def _job_check(group: ProcessGroup, out_dir: Path, owner: dict[str, Any]) -> Callable[[], None]:
+    """What ends a rank's wait for the other ranks' shards: its launcher died, or the job's lock is gone."""
+
+    lock_held = watch_lock(out_dir, owner)
+
+    def check() -> None:
+        group.check_parent()
+        lock_held()
+
+    return check
 
 
 def _generate_shard(
@@ -233,10 +271,16 @@ def _generate_shard(
         if on_batch is not None:
             on_batch(start + len(batch_seeds))
     samples = torch.cat(parts)
+    if not bool(torch.isfinite(samples).all()):  # nothing of this shard is written or recorded
+        bad = int((~torch.isfinite(samples)).flatten(1).any(dim=1).nonzero()[0])
+        raise NonFiniteOutputError(
+            f"sample {int(indices[bad])} of shard {shard_id} came out non-finite (NaN or inf): the model or its "
+            "scheduler config produces invalid values; nothing of this shard was written"
+        )
     if identity["png"]:
         _write_pngs(out_dir / "images", indices, samples)
     data = npz_bytes({"indices": indices, "seeds": seeds, "samples": samples.numpy()})
-    write_bytes_atomically(out_dir / shard_file(shard_id), data)
+    write_file(out_dir / shard_file(shard_id), data)
     record = {
         "shard": shard_id,
         "file": shard_file(shard_id),
@@ -245,14 +289,15 @@ def _generate_shard(
         "bytes": len(data),
         "sha256": sha256_hex(data),
     }
-    write_bytes_atomically(out_dir / record_file(shard_id), json_bytes(record))
+    write_file(out_dir / record_file(shard_id), json_bytes(record))
 
 
 def _write_pngs(folder: Path, indices: np.ndarray, samples: torch.Tensor) -> None:
     """One PNG per sample, ``folder/000123.png``, pixels round(255 (x + 1) / 2) (``ddim.app.images.to_uint8``)."""
-    folder.mkdir(exist_ok=True)
+    with writing(folder):
+        folder.mkdir(exist_ok=True)
     for index, image in zip(indices, to_uint8(samples), strict=True):
-        write_bytes_atomically(folder / f"{int(index):06d}.png", png_bytes(image))
+        write_file(folder / f"{int(index):06d}.png", png_bytes(image))
 
 
 class _RunCount:

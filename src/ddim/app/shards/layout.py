@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -9,12 +10,16 @@ import torch
 from ddim.validation import ArgumentValueError, check_int
 
 MANIFEST_NAME = "manifest.json"
+#: The lock file of the job writing the directory (see :mod:`.lock`).
+LOCK_NAME = ".lock"
+#: The folder of the ``--png`` images.
+IMAGES_NAME = "images"
 FORMAT = "ddim-shards/1"
 SAMPLE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ShardError(ArgumentValueError):
-    """An output directory whose shards fail verification (missing or corrupt)."""
+    """A shard directory that cannot be used as it is: shards missing or corrupt, a damaged manifest, a busy lock."""
 
 
 def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
@@ -40,3 +45,11 @@ def shard_file(shard_id: int) -> str:
 def record_file(shard_id: int) -> str:
     """The name of shard ``shard_id``'s completion record: ``shard-00012.json``."""
     return f"shard-{shard_id:05d}.json"
+
+
+def parse_shard_name(name: str) -> tuple[int, str] | None:
+    """``(shard_id, "npz" | "json")`` for a shard or record file name as this package writes it, else None."""
+    match = re.fullmatch(r"shard-(\d{5,})\.(npz|json)", name)
+    if match is None or f"shard-{int(match.group(1)):05d}" != name[: -len(match.group(2)) - 1]:
+        return None
+    return int(match.group(1)), match.group(2)

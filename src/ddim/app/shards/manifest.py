@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,12 @@ from typing import Any
 import torch
 
 from ddim.app.seeding import SEED_RULE
-from ddim.app.shards.files import json_bytes, read_manifest, shard_problem, shard_records
-from ddim.app.shards.layout import FORMAT, MANIFEST_NAME, shard_file, shard_ranges
-from ddim.atomic import TEMP_SUFFIX, write_bytes_atomically
+from ddim.app.shards import files
+from ddim.app.shards.layout import FORMAT, LOCK_NAME, MANIFEST_NAME, ShardError, shard_file, shard_ranges
+from ddim.app.shards.lock import JobLock, acquire_lock
 from ddim.config import json_value
 from ddim.model import Model
 from ddim.scheduler import DDIMStepping
-from ddim.validation import ArgumentValueError
 
 
 # --------------------------------------------------------------------------- configuration identity
@@ -91,43 +91,67 @@ def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> lis
 
 
 # --------------------------------------------------------------------------- directory preparation (rank 0)
-def prepare_directory(out_dir: Path, identity: dict[str, Any], world_size: int) -> list[int]:
-    """Create or check ``out_dir``, keep its complete shards, clear the rest; return the shards to generate.
+def prepare_directory(
+    out_dir: Path, identity: dict[str, Any], world_size: int, log: Callable[[str], None] | None = None
+) -> tuple[JobLock, list[int]]:
+    """Create or check ``out_dir``, lock it, keep its complete shards, clear the rest.
 
-    Refuses (``ValueError``, nothing touched) a path that is not a folder, a non-empty folder without a
-    manifest, a manifest of another configuration, and a folder that cannot be written.
+    Returns the lock (held until the caller releases it) and the shards to generate. Refuses
+    (``ShardError``, nothing touched) a path that is not a folder, a non-empty folder without a
+    manifest, a folder that cannot be written, one locked by a running job, a damaged manifest and a
+    manifest of another configuration. ``log`` gets one line per note (a stale lock taken over, strays).
     """
-    spans = shard_ranges(identity["num_samples"], identity["shard_size"])
-    manifest: dict[str, Any] = {"format": FORMAT, "config": identity, "shards": {}, "runs": []}
     if out_dir.exists() and not out_dir.is_dir():
-        raise ArgumentValueError(f"out_dir={str(out_dir)!r} exists and is not a directory")
-    if (out_dir / MANIFEST_NAME).exists():
-        manifest = read_manifest(out_dir)
-        differences = config_differences(manifest["config"], identity)
-        if differences:
-            raise ArgumentValueError(
-                f"out_dir={str(out_dir)!r} holds samples of another configuration ({'; '.join(differences)}); "
-                "refusing to mix outputs: use a new output directory, or rerun with the recorded settings"
-            )
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
-        raise ArgumentValueError(
-            f"out_dir={str(out_dir)!r} is not empty and holds no {MANIFEST_NAME}: refusing to write into a "
-            "directory this tool did not create; choose a new or empty directory"
-        )
+        raise ShardError(f"{str(out_dir)!r} exists and is not a directory")
+    _refuse_foreign(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-probe.{os.getpid()}{TEMP_SUFFIX}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        lock = acquire_lock(out_dir, log)  # creating the lock file also shows that the folder can be written
     except OSError as error:
-        raise ArgumentValueError(f"out_dir={str(out_dir)!r} cannot be written: {error.strerror or error}") from error
-    for temp in [*out_dir.glob(f".*{TEMP_SUFFIX}"), *out_dir.glob(f"images/.*{TEMP_SUFFIX}")]:
-        temp.unlink()  # left by a killed run
-    records = shard_records(out_dir, manifest)
+        raise ShardError(f"{str(out_dir)!r} cannot be written: {error.strerror or error}") from error
+    try:
+        return lock, _prepare_locked(out_dir, identity, world_size, log)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _refuse_foreign(out_dir: Path) -> None:
+    """``ShardError`` for a non-empty folder without a manifest (its lock aside): not ours to write into."""
+    if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).exists() and set(os.listdir(out_dir)) - {LOCK_NAME}:
+        raise ShardError(
+            f"{str(out_dir)!r} is not empty and holds no {MANIFEST_NAME}: refusing to write into a "
+            "directory this tool did not create; choose a new or empty directory"
+        )
+
+
+def _prepare_locked(
+    out_dir: Path, identity: dict[str, Any], world_size: int, log: Callable[[str], None] | None
+) -> list[int]:
+    """:func:`prepare_directory` once the lock is held."""
+    manifest: dict[str, Any] = {"format": FORMAT, "config": identity, "shards": {}, "runs": []}
+    if (out_dir / MANIFEST_NAME).exists():
+        manifest = files.read_manifest(out_dir)
+        differences = config_differences(manifest["config"], identity)
+        if differences:
+            raise ShardError(
+                f"{str(out_dir)!r} holds samples of another configuration ({'; '.join(differences)}); "
+                "refusing to mix outputs: use a new output directory, or rerun with the recorded settings"
+            )
+    _refuse_foreign(out_dir)
+    spans = shard_ranges(identity["num_samples"], identity["shard_size"])
+    for shard_id in range(len(spans)):
+        if (out_dir / shard_file(shard_id)).is_dir():
+            raise ShardError(f"{out_dir / shard_file(shard_id)} is a folder where a shard belongs; move it away")
+    kept = files.clear_leftovers(out_dir, manifest)
+    if kept and log is not None:
+        log(f"note: {out_dir} holds files that are not part of the run, left untouched: {', '.join(kept)}")
+    records = files.shard_records(out_dir, manifest)
     complete: dict[str, Any] = {}
-    for shard_id, span in enumerate(spans):
+    for shard_id in range(len(spans)):
         record = records.get(shard_id)
-        if shard_problem(out_dir, shard_id, span, record) is None and record is not None:
+        problem, _ = files.inspect_shard(out_dir, shard_id, identity, record)
+        if problem is None and record is not None:
             complete[str(shard_id)] = record
         else:
             with contextlib.suppress(FileNotFoundError):
@@ -143,17 +167,16 @@ def prepare_directory(out_dir: Path, identity: dict[str, Any], world_size: int) 
 
 def finalize_manifest(out_dir: Path) -> dict[str, Any]:
     """Fold the per-shard records into the manifest (rank 0, after every rank is done)."""
-    manifest = read_manifest(out_dir)
-    records = shard_records(out_dir, manifest)
+    manifest = files.read_manifest(out_dir)
+    records = files.shard_records(out_dir, manifest)
     total = len(shard_ranges(manifest["config"]["num_samples"], manifest["config"]["shard_size"]))
-    manifest["shards"] = {str(k): records[k] for k in sorted(records) if k < total}
+    manifest["shards"] = {str(k): records[k] for k in sorted(records)}
     manifest["complete"] = len(manifest["shards"]) == total
     store_manifest(out_dir, manifest)
     return manifest
 
 
 def store_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest (atomically), then drop the per-shard records it now holds."""
-    write_bytes_atomically(out_dir / MANIFEST_NAME, json_bytes(manifest))
-    for record_path in out_dir.glob("shard-*.json"):
-        record_path.unlink()
+    """Write the manifest (atomically), then drop the per-shard records (it holds those that were complete)."""
+    files.write_file(out_dir / MANIFEST_NAME, files.json_bytes(manifest))
+    files.drop_records(out_dir)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -12,23 +15,32 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from ddim.app.shards.layout import record_file
+from ddim.app.shards.layout import ShardError, record_file
 from ddim.validation import ArgumentValueError
 
 T = TypeVar("T")
 
 #: How often (seconds) a rank whose own shards are done looks at the records of the other ranks.
 POLL_SECONDS = 0.2
+#: ``prctl`` option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
 class ProcessGroup:
-    """This process's place in the job: rank, world size, local rank, and whether we created the group."""
+    """This process's place in the job: rank, world size, local rank, whether we created the group, and
+    the pid of the launcher (torchrun's agent) whose death ends this process (None outside torchrun)."""
 
     rank: int
     world_size: int
     local_rank: int
     created: bool
+    parent_pid: int | None = None
+
+    def check_parent(self) -> None:
+        """``ShardError`` when the launcher of this process has died (this process was left behind)."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            raise ShardError(f"the launcher of this process (pid {self.parent_pid}) has died; stopping")
 
     def share(self, value: Any) -> Any:
         """``value`` of rank 0, on every rank."""
@@ -66,13 +78,31 @@ class ProcessGroup:
 def join_process_group() -> ProcessGroup:
     """The process group set up by the caller, or one made from torchrun's variables (gloo), or a single process."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    parent = die_with_parent() if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ else None
     if dist.is_available() and dist.is_initialized():
-        return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank, created=False)
+        return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank, created=False, parent_pid=parent)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return ProcessGroup(0, 1, 0, created=False)
+        return ProcessGroup(0, 1, 0, created=False, parent_pid=parent)
     dist.init_process_group(backend="gloo")
-    return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank, created=True)
+    return ProcessGroup(dist.get_rank(), dist.get_world_size(), local_rank, created=True, parent_pid=parent)
+
+
+def die_with_parent() -> int | None:
+    """Have the kernel send SIGTERM to this process when its parent dies (Linux); the parent's pid, or None.
+
+    A torchrun worker would otherwise outlive a killed launcher and go on writing next to its rerun.
+    Elsewhere (or where ``prctl`` fails) nothing is set and None is returned.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return os.getppid()
 
 
 def rank_device(device: str | torch.device | None, local_rank: int) -> torch.device:
@@ -104,12 +134,15 @@ def wait_for_shards(
     shard_ids: Collection[int],
     observe: Callable[[set[int]], None] | None = None,
     poll_seconds: float = POLL_SECONDS,
+    check: Callable[[], None] | None = None,
 ) -> None:
     """Return once every shard of ``shard_ids`` is recorded in ``out_dir``, polling the records.
 
     Every rank calls it once its own shards are done, before the barrier: polling keeps the barrier
     short, so that no rank waits in it (and hits its timeout) while another finishes long shards.
     ``observe`` (a progress display, say) gets the recorded shards at every poll and once at the end.
+    ``check`` runs before every sleep and raises to end the wait: when the job's lock or launcher is gone,
+    the records waited for will never come.
     """
     pending = set(shard_ids)
     while True:
@@ -118,4 +151,6 @@ def wait_for_shards(
             observe(done)
         if len(done) == len(pending):
             return
+        if check is not None:
+            check()
         time.sleep(poll_seconds)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ddim.app.shards.files import npz_bytes, read_manifest, read_npz, shard_problem, shard_records
-from ddim.app.shards.layout import ShardError, shard_file, shard_ranges
-from ddim.atomic import write_bytes_atomically
-from ddim.validation import ArgumentValueError
+from ddim.app.shards.files import inspect_shard, npz_bytes, read_manifest, shard_records, stray_files, write_file
+from ddim.app.shards.layout import ShardError, parse_shard_name, shard_file, shard_ranges
+from ddim.app.shards.lock import describe_owner, read_owner
+from ddim.atomic import TEMP_SUFFIX
 
 
 @dataclass
 class VerifyReport:
-    """The state of every shard of a directory: which are complete, missing or corrupt (and why)."""
+    """The state of a directory: complete, missing and corrupt shards (and why), stray files, a job's lock."""
 
     out_dir: Path
     num_samples: int
@@ -24,60 +24,93 @@ class VerifyReport:
     complete: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     corrupt: dict[int, str] = field(default_factory=dict)
+    stray: list[str] = field(default_factory=list)
+    in_use: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.corrupt
+        return not self.missing and not self.corrupt and not self.stray
 
     def describe(self) -> str:
         lines = [f"{self.out_dir}: {len(self.complete)}/{self.num_shards} shards complete ({self.num_samples} samples)"]
+        if self.in_use is not None:
+            lines.append(f"note: {self.in_use} (its lock file is there): the directory may be changing")
         if self.missing:
             lines.append(f"missing shards: {', '.join(shard_file(s) for s in self.missing)}")
         lines.extend(f"corrupt shard {shard_file(s)}: {why}" for s, why in sorted(self.corrupt.items()))
-        lines.append("OK" if self.ok else "FAILED: rerun the same generation command to redo these shards")
+        if self.stray:
+            lines.append(f"stray files, not part of the run: {', '.join(self.stray)}")
+        foreign = [name for name in self.stray if parse_shard_name(name) is None and not name.endswith(TEMP_SUFFIX)]
+        hints = []
+        if self.missing or self.corrupt or len(foreign) < len(self.stray):
+            hints.append("rerun the same generation command (it redoes these shards and removes stray shard files)")
+        if foreign:
+            hints.append(f"move {', '.join(foreign)} out of the directory")
+        lines.append("OK" if self.ok else f"FAILED: {'; '.join(hints)}")
         return "\n".join(lines)
 
 
-def verify_shards(out_dir: str | os.PathLike[str]) -> VerifyReport:
-    """Check the manifest and every shard (existence, SHA-256, indices) of an output directory."""
-    directory = Path(out_dir)
+def _inspect(directory: Path, keep: bool) -> tuple[VerifyReport, dict[int, dict[str, np.ndarray]]]:
+    """The report of ``directory`` and, with ``keep``, the arrays of its complete shards."""
     manifest = read_manifest(directory)
     config = manifest["config"]
     spans = shard_ranges(config["num_samples"], config["shard_size"])
     records = shard_records(directory, manifest)
-    report = VerifyReport(directory, config["num_samples"], len(spans))
-    for shard_id, span in enumerate(spans):
-        problem = shard_problem(directory, shard_id, span, records.get(shard_id))
-        if problem is None:
+    report = VerifyReport(directory, config["num_samples"], len(spans), stray=stray_files(directory, manifest))
+    owner = read_owner(directory)
+    report.in_use = describe_owner(directory, owner) if owner is not None else None
+    arrays: dict[int, dict[str, np.ndarray]] = {}
+    for shard_id in range(len(spans)):
+        problem, shard = inspect_shard(directory, shard_id, config, records.get(shard_id))
+        if problem is None and shard is not None:
             report.complete.append(shard_id)
+            if keep:
+                arrays[shard_id] = shard
         elif problem == "missing":
             report.missing.append(shard_id)
         else:
-            report.corrupt[shard_id] = problem
-    return report
+            report.corrupt[shard_id] = problem or "unknown"
+    return report, arrays
+
+
+def verify_shards(out_dir: str | os.PathLike[str]) -> VerifyReport:
+    """Check the manifest and every shard of an output directory, and look for files that do not belong.
+
+    A shard is complete when its file matches the checksum recorded for it and holds its index range, the
+    seeds of the manifest's seed and samples of its shape. ``ShardError`` for a damaged manifest.
+    """
+    return _inspect(Path(out_dir), keep=False)[0]
 
 
 def load_samples(out_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """All samples of a verified directory in index order: arrays ``indices``, ``seeds``, ``samples``.
 
-    Raises :class:`ShardError` (with the report) if any shard is missing or corrupt.
+    Raises :class:`ShardError` (with the report) if any shard is missing or corrupt, or a file is stray.
+    The arrays are those of the bytes that were verified.
     """
-    report = verify_shards(out_dir)
+    report, parts = _inspect(Path(out_dir), keep=True)
     if not report.ok:
-        raise ShardError(report.describe())
-    parts = [read_npz((report.out_dir / shard_file(s)).read_bytes()) for s in report.complete]
-    merged = {name: np.concatenate([part[name] for part in parts]) for name in ("indices", "seeds", "samples")}
+        raise ShardError(report.describe().replace("\n", "; "))
+    merged = {
+        name: np.concatenate([parts[s][name] for s in report.complete]) for name in ("indices", "seeds", "samples")
+    }
     if not np.array_equal(merged["indices"], np.arange(report.num_samples)):
         raise ShardError(f"{report.out_dir}: the shards do not hold each index 0..{report.num_samples - 1} once")
     return merged
 
 
 def merge_shards(out_dir: str | os.PathLike[str], output: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Verify ``out_dir`` and write all its samples, in index order, to one ``.npz`` at ``output`` (atomic)."""
+    """Verify ``out_dir`` and write all its samples, in index order, to one ``.npz`` at ``output`` (atomic).
+
+    ``ShardError`` when ``output`` exists (unless ``overwrite``), its folder does not, or it cannot be
+    written (nothing partial is left), and as :func:`load_samples`.
+    """
     target = Path(output)
+    if target.is_dir():
+        raise ShardError(f"{str(target)!r} is a folder; give the name of the .npz file to write")
     if target.exists() and not overwrite:
-        raise ArgumentValueError(f"output={str(target)!r} exists; pass overwrite=True (CLI: --force) to replace it")
+        raise ShardError(f"{str(target)!r} exists; pass overwrite=True to replace it")
     if not target.parent.is_dir():
-        raise ArgumentValueError(f"output={str(target)!r}: folder {str(target.parent)!r} does not exist")
-    write_bytes_atomically(target, npz_bytes(load_samples(out_dir)))
+        raise ShardError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
+    write_file(target, npz_bytes(load_samples(out_dir)))
     return target
