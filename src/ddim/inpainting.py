@@ -9,6 +9,7 @@ import torch
 
 from ddim.noise import Generator, randn_like_diffusers
 from ddim.stepping import DDIMStepping
+from ddim.tensor_checks import check_broadcasts_to
 from ddim.validation import ArgumentTypeError, ArgumentValueError
 
 
@@ -21,14 +22,7 @@ def check_known(known: torch.Tensor | None, known_mask: torch.Tensor | None, x: 
     for name, tensor in (("known", known), ("known_mask", known_mask)):
         if not isinstance(tensor, torch.Tensor):
             raise ArgumentTypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
-        try:
-            fits = torch.broadcast_shapes(tensor.shape, x.shape) == x.shape
-        except RuntimeError:
-            fits = False
-        if not fits:
-            raise ArgumentValueError(
-                f"{name} shape {tuple(tensor.shape)} does not broadcast to the sample shape {tuple(x.shape)}"
-            )
+        check_broadcasts_to(name, tensor, x)
     mask = known_mask.to(device=x.device, dtype=x.dtype)
     if not bool(((mask >= 0) & (mask <= 1)).all()):
         raise ArgumentValueError("known_mask values must lie in [0, 1] (1: known, kept; 0: generated)")
