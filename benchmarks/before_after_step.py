@@ -24,18 +24,8 @@ from typing import Any
 import torch
 
 import ddim
+from common import CONFIGS
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "sd": {
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "clip_sample": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-    },
-    "default": {},
-}
 SHAPE = (1, 4, 64, 64)
 
 
