@@ -116,6 +116,18 @@ def test_user_errors_exit_2_with_a_message(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sharded_sampling_names_the_steps_flag_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "shards"
+    code, _, err = run(["sample", "-n", "4", "--steps", "2000", "--no-progress", "--out-dir", str(out_dir)], capsys)
+    assert code == 2
+    assert "--steps 2000 is out of range" in err
+    assert "num_inference_steps" not in err
+    assert len(err.splitlines()) == 1
+    assert not out_dir.exists()
+
+
 class Trap:
     """Unpickling this object would create the file ``path``."""
 

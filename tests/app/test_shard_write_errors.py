@@ -105,6 +105,32 @@ def test_a_disk_full_after_the_first_shard_is_one_line_and_the_resume_is_identic
     assert_resume_is_identical(out, original, SMALL_SHARDS)
 
 
+def test_a_disk_full_while_writing_the_pngs_is_one_line_and_the_resume_is_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = [*SMALL_SHARDS, "--png"]
+    original = reference(tmp_path, arguments)
+    replace = os.replace
+
+    def full_disk(source: Any, target: Any) -> None:
+        if Path(target).name == "000006.png":  # the second shard's third image
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    out = tmp_path / "full"
+    capsys.readouterr()
+    assert main([*arguments, "--out-dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error == f"ddim sample: error: cannot write {out / 'images' / '000006.png'}: No space left on device\n"
+    assert (out / shard_file(0)).exists() and not (out / shard_file(1)).exists()
+    monkeypatch.setattr(os, "replace", replace)
+    assert_resume_is_identical(out, original, arguments)
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert images == sorted(p.name for p in (original / "images").iterdir()) and len(images) == 32
+    assert all((out / "images" / n).read_bytes() == (original / "images" / n).read_bytes() for n in images)
+
+
 def test_a_merge_onto_a_read_only_filesystem_is_one_line_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ddim.app.cli.common import UsageError, configure_spacing, load_model, positive_int
+from ddim.app.cli.common import UsageError, check_steps, configure_spacing, load_model, positive_int
 from ddim.app.shards import generate_shards, rank_device
 from ddim.app.shards.processes import die_with_parent
 
@@ -44,9 +44,11 @@ def run_sharded(args: argparse.Namespace) -> int:
     except RuntimeError as error:  # not a device string (ValueError, e.g. no CUDA, is reported by ddim.app.cli)
         raise UsageError(f"--device {args.device!r} cannot be used: {str(error).splitlines()[0]}") from error
     loaded = load_model(args.model, str(device))
+    scheduler = configure_spacing(loaded.scheduler, args.spacing)
+    check_steps(args.steps, scheduler)
     generate_shards(
         loaded.model,
-        configure_spacing(loaded.scheduler, args.spacing),
+        scheduler,
         args.out_dir,
         args.num_samples,
         loaded.sample_shape,
