@@ -5,8 +5,9 @@ from ddim.interpolation import slerp
 from ddim.inverse_scheduler import DDIMInverseScheduler
 from ddim.inversion import invert
 from ddim.model import Model, NonFiniteOutputError
-from ddim.output import DDIMSchedulerOutput
+from ddim.output import DDIMParallelSchedulerOutput, DDIMSchedulerOutput
 from ddim.paper_step import ddim_step
+from ddim.parallel_scheduler import DDIMParallelScheduler
 from ddim.sampling import SamplingOutput, sample
 from ddim.scheduler import DDIMScheduler
 
@@ -14,6 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DDIMInverseScheduler",
+    "DDIMParallelScheduler",
+    "DDIMParallelSchedulerOutput",
     "DDIMScheduler",
     "DDIMSchedulerOutput",
     "Model",

@@ -87,6 +87,23 @@ def ddim_variance(alpha_t: torch.Tensor, alpha_t_prev: torch.Tensor) -> torch.Te
     return (1 - alpha_t_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_t_prev)
 
 
+def schedule_variance(
+    alphas_cumprod: torch.Tensor,
+    timestep: torch.Tensor,
+    prev_timestep: torch.Tensor,
+    final_alpha_cumprod: float | torch.Tensor,
+) -> torch.Tensor:
+    """sigma^2 / eta^2 (eq. 16) from abar at ``timestep`` to abar at ``prev_timestep`` (negative: the final
+    alpha), in the dtype of ``alphas_cumprod``, on the timesteps' device; an index past the table gives NaN."""
+    table = alphas_cumprod.to(timestep.device)
+    last = len(table) - 1
+    nan = torch.full_like(table[:1], float("nan"))[0]
+    a = torch.where((timestep >= 0) & (timestep <= last), table[timestep.clamp(0, last)], nan)
+    final = torch.as_tensor(final_alpha_cumprod, dtype=table.dtype, device=table.device)
+    a_prev = torch.where(prev_timestep < 0, final, table[prev_timestep.clamp(0, last)])
+    return ddim_variance(a, torch.where(prev_timestep <= last, a_prev, nan))
+
+
 def step_coefficients(
     alpha_t: torch.Tensor,
     alpha_t_prev: torch.Tensor,

@@ -21,14 +21,14 @@ from typing import Any, Literal, TypeVar, overload
 import numpy as np
 import torch
 
-from ddim.validation import ArgumentTypeError, ArgumentValueError
+from ddim.validation import ArgumentTypeError, ArgumentValueError, RefusesItemChanges
 
 CONFIG_NAME = "scheduler_config.json"
 #: The diffusers release whose behaviour and file format this package reproduces.
 DIFFUSERS_COMPAT_VERSION = "0.42.1"
 
 
-class FrozenConfig(OrderedDict):  # type: ignore[type-arg,unused-ignore]
+class FrozenConfig(RefusesItemChanges, OrderedDict):  # type: ignore[type-arg,unused-ignore]
     """An ordered mapping with attribute access whose items cannot be changed.
 
     Like diffusers' ``FrozenDict``: item mutation raises, while assigning an attribute
@@ -37,21 +37,13 @@ class FrozenConfig(OrderedDict):  # type: ignore[type-arg,unused-ignore]
     settings through attribute access at call time, so such an assignment takes effect.
     """
 
+    item_change_advice = "build a new config with from_config"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for key, value in self.items():
             object.__setattr__(self, key, value)
         object.__setattr__(self, "_FrozenConfig__sealed", True)
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise ArgumentTypeError(f"{type(self).__name__} items cannot be changed; build a new config with from_config")
-
-    __delitem__ = _refuse
-    setdefault = _refuse
-    pop = _refuse
-    popitem = _refuse
-    update = _refuse
-    clear = _refuse
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if getattr(self, "_FrozenConfig__sealed", False):
@@ -122,6 +114,11 @@ def resolve_config_path(path: str | os.PathLike[str], subfolder: str | None = No
     )
 
 
+def warn_ignored_keys(keys: list[str], class_name: str, stacklevel: int) -> None:
+    """One ``UserWarning`` naming config keys a class does not take (they are ignored)."""
+    warnings.warn(f"config keys {keys} are not arguments of {class_name} and are ignored", UserWarning, stacklevel)
+
+
 S = TypeVar("S", bound="ConfigMixin")
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -139,18 +136,31 @@ def records_config(init: F) -> F:
         bound = signature.bind(self, *args, **kwargs)
         passed = set(bound.arguments) - {"self"}
         bound.apply_defaults()
-        values = {k: v for k, v in bound.arguments.items() if k != "self"}
-        defaults = [k for k in values if k not in passed]
-        self.register_to_config(**values, _use_default_values=defaults)
+        values = {k: v for k, v in bound.arguments.items() if k not in ("self", "kwargs")}
+        # diffusers' expression (a set difference listed), so both classes list the keys in the same order;
+        # our extra options are not listed: diffusers' files never hold them, and only our classes take them
+        defaults = [k for k in list(set(values) - passed) if k not in type(self).extra_options]
+        self.register_to_config(**values, **({"_use_default_values": defaults} if defaults else {}))
         init(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def config_json(data: Mapping[str, Any], extra_options: Mapping[str, Any]) -> str:
+    """``data`` as a ``scheduler_config.json`` text (diffusers' format), without the ``extra_options``
+    (options diffusers lacks, with their defaults) whose value is their default."""
+    kept = {k: v for k, v in data.items() if not (k in extra_options and v == extra_options[k])}
+    return json.dumps(kept, indent=2, sort_keys=True) + "\n"
 
 
 class ConfigMixin:
     """Config storage, ``from_config``, ``save_config``/``save_pretrained`` and ``from_pretrained``."""
 
     config_name = CONFIG_NAME
+    #: Constructor options diffusers' class of the same name lacks, with their defaults (not saved at them).
+    extra_options: dict[str, Any] = {}
+    #: Deprecated keyword arguments that ``from_config`` passes on to the constructor (as diffusers).
+    _deprecated_kwargs: list[str] = []
     _internal_dict: FrozenConfig
 
     @property
@@ -223,13 +233,12 @@ class ConfigMixin:
                 init_dict[key] = kwargs.pop(key)
             elif key in source:
                 init_dict[key] = source[key]
+        for key in cls._deprecated_kwargs:
+            if key in kwargs:
+                init_dict[key] = kwargs.pop(key)
         foreign = {k: v for k, v in source.items() if k not in init_dict and not k.startswith("_") and k not in keys}
         if foreign:
-            warnings.warn(
-                f"config keys {sorted(foreign)} are not arguments of {cls.__name__} and are ignored",
-                UserWarning,
-                stacklevel=2,
-            )
+            warn_ignored_keys(sorted(foreign), cls.__name__, stacklevel=3)
         instance = cls(**init_dict)
         hidden = {k: v for k, v in source.items() if k not in init_dict and k not in keys}
         if hidden:
@@ -239,11 +248,12 @@ class ConfigMixin:
         return instance
 
     def to_json_string(self) -> str:
-        """The config as diffusers writes it: sorted keys, ``_class_name`` and ``_diffusers_version``."""
+        """The config as diffusers writes it: sorted keys, ``_class_name`` and ``_diffusers_version`` (also
+        recorded in ``config``, as diffusers does); options of ours that diffusers lacks only when not at
+        their defaults, so diffusers' class loads the file without a warning."""
+        self.register_to_config(_class_name=type(self).__name__, _diffusers_version=DIFFUSERS_COMPAT_VERSION)
         data = {k: json_value(v) for k, v in self.config.items() if k not in ("_use_default_values", "_ignore_files")}
-        data["_class_name"] = type(self).__name__
-        data["_diffusers_version"] = DIFFUSERS_COMPAT_VERSION
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return config_json(data, type(self).extra_options)
 
     def save_config(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write ``scheduler_config.json`` into ``save_directory`` (created if needed)."""

@@ -1,65 +1,98 @@
-"""``ddim.diffusers.DDIMScheduler``: our stepping core inside a real ``diffusers.DDIMScheduler`` subclass.
+"""``ddim.diffusers``: our stepping core inside real diffusers scheduler subclasses.
 
-Needs the optional extra ``ddim[diffusers]``. The class *is* a diffusers scheduler (``isinstance``
-checks of pipelines pass, diffusers' ``ConfigMixin``/``SchedulerMixin`` provide ``config``,
-``from_config``, ``save_pretrained``, ``from_pretrained`` and ``compatibles``), while the schedule and
-the hot paths (``set_timesteps``, ``step``, ``add_noise``, ``get_velocity``, ``scale_model_input``)
-run on this package's core (:class:`ddim.stepping.DDIMStepping`), with its validation, float64
-coefficient tables and sync-free tensor timesteps.
+``DDIMScheduler``, ``DDIMInverseScheduler`` and ``DDIMParallelScheduler`` here *are* diffusers'
+classes of the same names (``isinstance`` checks of pipelines pass; diffusers' ``ConfigMixin`` and
+``SchedulerMixin`` provide ``config``, ``from_config``, ``save_pretrained``, ``from_pretrained`` and
+``compatibles``), while the schedule and the hot paths (``set_timesteps``, ``step``,
+``batch_step_no_noise``, ``add_noise``, ``get_velocity``, ``scale_model_input``) run on this package's
+core, with its validation, float64 coefficient tables and sync-free tensor timesteps. Needs the
+optional extra: ``pip install -e '.[diffusers]'``.
 
 Saving and loading in a pipeline: ``pipe.save_pretrained`` records the component in
 ``model_index.json`` as ``["ddim.diffusers", "DDIMScheduler"]`` (diffusers writes the full module
-path of a class from a library it does not know). ``DiffusionPipeline.from_pretrained`` resolves that
-entry only when ``ddim.diffusers`` has already been imported in the process (diffusers never imports
-a module named by a repository; otherwise it raises ``ValueError`` naming the module); it then hands
-the pipeline's ``__init__`` an instance of this class.
-Pipelines that keep the scheduler they are given (most, e.g. ``DDPMPipeline``)
-therefore get this class back. ``DDIMPipeline.__init__`` is an exception: it always rebuilds its
-scheduler as ``diffusers.DDIMScheduler.from_config(...)``, so after constructing or loading a
-``DDIMPipeline`` assign ``pipe.scheduler = ddim.diffusers.DDIMScheduler.from_config(pipe.scheduler.config)``.
+path of a class from a library it does not know), and writes options diffusers lacks only when they
+differ from their defaults. ``DiffusionPipeline.from_pretrained`` resolves that entry only when
+``ddim.diffusers`` has already been imported in the process (diffusers never imports a module named
+by a repository; otherwise it raises ``ValueError`` naming the module); it then hands the pipeline's
+``__init__`` an instance of this class. Pipelines that keep the scheduler they are given (most, e.g.
+``DDPMPipeline``) therefore get this class back. ``DDIMPipeline.__init__`` is an exception: it always
+rebuilds its scheduler as ``diffusers.DDIMScheduler.from_config(...)``, so after constructing or
+loading a ``DDIMPipeline`` assign ``pipe.scheduler = ddim.diffusers.DDIMScheduler.from_config(pipe.scheduler.config)``.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+from collections.abc import Callable
 from typing import Any
 
 try:
     import diffusers
     from diffusers.configuration_utils import register_to_config
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddim_parallel import DDIMParallelSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "ddim.diffusers needs diffusers; install the extra with: pip install 'ddim[diffusers]'"
+        "ddim.diffusers needs diffusers; install the extra from the repository: pip install -e '.[diffusers]'"
     ) from error
 
-from ddim.scheduler import DDIMScheduler as CoreScheduler
+from ddim import inverse_scheduler, parallel_scheduler, scheduler
+from ddim.config import ConfigMixin, config_json
+from ddim.inverse_scheduler import InverseStepping
+from ddim.parallel_scheduler import ParallelStepping
 from ddim.stepping import DDIMStepping
 
-__all__ = ["DDIMScheduler", "DDIMSchedulerOutput", "SchedulerMixin"]
+__all__ = [
+    "DDIMInverseScheduler",
+    "DDIMParallelScheduler",
+    "DDIMParallelSchedulerOutput",
+    "DDIMScheduler",
+    "DDIMSchedulerOutput",
+    "SchedulerMixin",
+]
 # ``SchedulerMixin`` must be an attribute of this module: when loading a component declared as
 # ["ddim.diffusers", "DDIMScheduler"], diffusers looks its loadable base classes up by name in the
 # declared module and picks the loading method (``from_pretrained``) of the one the class derives from.
 
 
-def _build_from_core(self: DDIMScheduler, *args: Any, **kwargs: Any) -> None:
-    """Validate the arguments and build the float32 schedule tables with the core scheduler.
+def core_constructor(core: type[ConfigMixin]) -> Callable[..., None]:
+    """An ``__init__`` that validates the arguments and builds the schedule tables with the stand-alone
+    class ``core``, whose state (everything but its config) becomes this scheduler's state.
 
-    Its state (everything but its own config) becomes this scheduler's state.
+    diffusers reads a scheduler's arguments from the signature of ``__init__`` (to record the config
+    and in ``from_config``): the function carries ``core``'s signature, so both classes take the same
+    arguments, with the same defaults, without restating them.
     """
-    core = CoreScheduler(*args, **kwargs)
-    state = {k: v for k, v in vars(core).items() if k != "_internal_dict"}
-    vars(self).update(state, init_noise_sigma=core.init_noise_sigma)
+
+    def build(self: Any, *args: Any, **kwargs: Any) -> None:
+        built = core(*args, **kwargs)
+        state = {k: v for k, v in vars(built).items() if k != "_internal_dict"}
+        vars(self).update(state, init_noise_sigma=built.init_noise_sigma)
+        if "set_alpha_to_zero" in kwargs:  # the inverse's deprecated alias: record what it set
+            self.register_to_config(set_alpha_to_one=built.config["set_alpha_to_one"])
+        # as in the stand-alone class, our extra options are never listed as "defaults used"
+        config = dict(self.config)
+        used = [k for k in config.pop("_use_default_values", []) if k not in core.extra_options]
+        self._internal_dict = type(self.config)({**config, **({"_use_default_values": used} if used else {})})
+
+    constructor = next(vars(cls)["__init__"] for cls in core.__mro__ if "__init__" in vars(cls))
+    setattr(build, "__signature__", inspect.signature(constructor))  # noqa: B010
+    return build
 
 
-# diffusers reads a scheduler's arguments from the signature of ``__init__`` (to record the config and
-# in ``from_config``): give the constructor the core's signature, so both classes take the same
-# arguments, with the same defaults, without restating them.
-setattr(_build_from_core, "__signature__", inspect.signature(CoreScheduler.__init__))  # noqa: B010
+class SavesOwnOptionsOnlyWhenSet:
+    """``scheduler_config.json`` without our extra options at their defaults, so that diffusers' own
+    class loads it without an "unexpected config attributes" warning."""
+
+    extra_options: dict[str, Any] = {}
+
+    def to_json_string(self) -> str:
+        return config_json(json.loads(super().to_json_string()), self.extra_options)  # type: ignore[misc]
 
 
-class DDIMScheduler(DDIMStepping, diffusers.DDIMScheduler):
+class DDIMScheduler(SavesOwnOptionsOnlyWhenSet, DDIMStepping, diffusers.DDIMScheduler):
     """A ``diffusers.DDIMScheduler`` whose schedule and stepping are :mod:`ddim`'s.
 
     Same constructor (every argument of :class:`ddim.DDIMScheduler`), config, file format and numbers
@@ -67,4 +100,23 @@ class DDIMScheduler(DDIMStepping, diffusers.DDIMScheduler):
     """
 
     output_class = DDIMSchedulerOutput
-    __init__ = register_to_config(_build_from_core)
+    extra_options = scheduler.DDIMScheduler.extra_options
+    __init__ = register_to_config(core_constructor(scheduler.DDIMScheduler))
+
+
+class DDIMInverseScheduler(InverseStepping, diffusers.DDIMInverseScheduler):
+    """A ``diffusers.DDIMInverseScheduler`` running on :class:`ddim.DDIMInverseScheduler`'s core (same
+    constructor, config and numbers); ``step`` returns diffusers' ``DDIMSchedulerOutput``."""
+
+    output_class = DDIMSchedulerOutput
+    _compatibles = inverse_scheduler.DDIMInverseScheduler._compatibles  # diffusers' own lists none
+    __init__ = register_to_config(core_constructor(inverse_scheduler.DDIMInverseScheduler))
+
+
+class DDIMParallelScheduler(SavesOwnOptionsOnlyWhenSet, ParallelStepping, diffusers.DDIMParallelScheduler):
+    """A ``diffusers.DDIMParallelScheduler`` running on :class:`ddim.DDIMParallelScheduler`'s core (same
+    constructor, config and numbers); ``step`` returns diffusers' ``DDIMParallelSchedulerOutput``."""
+
+    output_class = DDIMParallelSchedulerOutput
+    extra_options = parallel_scheduler.DDIMParallelScheduler.extra_options
+    __init__ = register_to_config(core_constructor(parallel_scheduler.DDIMParallelScheduler))

@@ -7,77 +7,28 @@ the initial alpha, to t). :func:`ddim.invert` is the exact reverse of a sampling
 
 from __future__ import annotations
 
-from typing import Literal, overload
+import warnings
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
-from ddim.config import ConfigMixin, records_config
+from ddim.config import ConfigMixin, records_config, warn_ignored_keys
 from ddim.output import DDIMSchedulerOutput
 from ddim.scheduler import DDIMScheduler, compatible_classes
 from ddim.step_tables import StepTables
 from ddim.tensor_checks import Timestep, check_step_tensors
 from ddim.timesteps import check_grid, check_num_inference_steps, spaced_timesteps
-from ddim.validation import ArgumentValueError, check_choice, check_str_choice
+from ddim.validation import ArgumentTypeError, ArgumentValueError, check_bool, check_choice, check_str_choice
 
 INVERSE_TIMESTEP_SPACINGS = ("leading", "trailing")
 
 
-class DDIMInverseScheduler(StepTables, ConfigMixin):
-    """diffusers' ``DDIMInverseScheduler`` (0.42.1): DDIM steps run from low to high noise.
+class InverseStepping(StepTables):
+    """Timesteps and stepping of diffusers' inverse scheduler, shared by ``ddim.DDIMInverseScheduler``
+    and ``ddim.diffusers.DDIMInverseScheduler`` (see :class:`DDIMInverseScheduler` for the step)."""
 
-    Same constructor, config keys and numbers. The grid is ascending; a step at grid timestep t
-    maps x at s = min(t - T // N, T - 1) to x at t (abar_s, or the initial alpha when s < 0:
-    1 with ``set_alpha_to_one``, else abar_0)::
-
-        x0 = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s)          (clipped if clip_sample)
-        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps              (DDIM paper, eq. 12 with eta = 0)
-
-    The model output is for the model called at t on x_s, as diffusers' pipelines do. Deviations:
-    a ``trailing`` grid always has exactly N timesteps, and a step at a timestep above the grid's
-    last one raises ``ValueError`` instead of leaving the grid.
-    """
-
-    _compatibles = ["DDIMScheduler", "DDIMInverseScheduler"]
-    order = 1
-    init_noise_sigma = 1.0
-
-    @records_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.0001,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        clip_sample: bool = True,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        clip_sample_range: float = 1.0,
-        timestep_spacing: str = "leading",
-        rescale_betas_zero_snr: bool = False,
-    ) -> None:
-        check_str_choice("timestep_spacing", timestep_spacing, INVERSE_TIMESTEP_SPACINGS)
-        # The sampling scheduler validates every shared argument and builds the same schedule.
-        forward = DDIMScheduler(**{k: v for k, v in self.config.items() if k in DDIMScheduler.init_keys()})
-        self.betas = forward.betas
-        self.alphas = forward.alphas
-        self.alphas_cumprod = forward.alphas_cumprod
-        self.initial_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self.final_alpha_cumprod = self.initial_alpha_cumprod  # the end where a climb starts
-        self.num_inference_steps = None
-        self.timesteps = torch.arange(int(num_train_timesteps), dtype=torch.int64)
-        self._prev_timesteps = torch.arange(int(num_train_timesteps), dtype=torch.int64)
-        self._tables = {}
-
-    def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)
-
-    @property
-    def compatibles(self) -> list[type]:
-        """Scheduler classes whose configs this one accepts: ours, and diffusers' when diffusers is loaded."""
-        return compatible_classes(type(self), tuple(self._compatibles))
+    output_class: Any = DDIMSchedulerOutput
 
     def step_pairs(self, prev_timesteps: torch.Tensor) -> torch.Tensor:
         """(abar_source, abar_t) per grid timestep t: a climb runs from the source of t up to t."""
@@ -135,4 +86,88 @@ class DDIMInverseScheduler(StepTables, ConfigMixin):
         prev_sample, pred_original = self.apply_step(model_output, timestep, sample, 0.0, False, None, None)
         if not return_dict:
             return (prev_sample, pred_original)
-        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original)
+        output: DDIMSchedulerOutput = self.output_class(prev_sample=prev_sample, pred_original_sample=pred_original)
+        return output
+
+
+class DDIMInverseScheduler(InverseStepping, ConfigMixin):
+    """diffusers' ``DDIMInverseScheduler`` (0.42.1): DDIM steps run from low to high noise.
+
+    Same constructor, config keys and numbers. The grid is ascending; a step at grid timestep t
+    maps x at s = min(t - T // N, T - 1) to x at t (abar_s, or the initial alpha when s < 0:
+    1 with ``set_alpha_to_one``, else abar_0)::
+
+        x0 = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s)          (clipped if clip_sample)
+        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps              (DDIM paper, eq. 12 with eta = 0)
+
+    The model output is for the model called at t on x_s, as diffusers' pipelines do. As in
+    diffusers, the constructor also takes a ``DDIMScheduler``'s arguments (``thresholding``, ...):
+    they do not apply to an inversion and are ignored with one warning naming them; the deprecated
+    ``set_alpha_to_zero`` stands for ``set_alpha_to_one``. Deviations: a ``trailing`` grid always has
+    exactly N timesteps, and a step at a timestep above the grid's last one raises ``ValueError``
+    instead of leaving the grid.
+    """
+
+    _compatibles = ["DDIMScheduler", "DDIMInverseScheduler"]
+    _deprecated_kwargs = ["set_alpha_to_zero"]
+    order = 1
+    init_noise_sigma = 1.0
+
+    @records_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        clip_sample_range: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        check_str_choice("timestep_spacing", timestep_spacing, INVERSE_TIMESTEP_SPACINGS)
+        set_alpha_to_one = self._sampling_arguments(kwargs, set_alpha_to_one)
+        # The sampling scheduler validates every shared argument and builds the same schedule.
+        forward = DDIMScheduler(**{k: v for k, v in self.config.items() if k in DDIMScheduler.init_keys()})
+        self.betas = forward.betas
+        self.alphas = forward.alphas
+        self.alphas_cumprod = forward.alphas_cumprod
+        self.initial_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.final_alpha_cumprod = self.initial_alpha_cumprod  # the end where a climb starts
+        self.num_inference_steps = None
+        self.timesteps = torch.arange(int(num_train_timesteps), dtype=torch.int64)
+        self._prev_timesteps = torch.arange(int(num_train_timesteps), dtype=torch.int64)
+        self._tables = {}
+
+    def _sampling_arguments(self, kwargs: dict[str, Any], set_alpha_to_one: bool) -> bool:
+        """``set_alpha_to_one`` after the deprecated ``set_alpha_to_zero``; a ``DDIMScheduler``'s other
+        arguments are ignored with one warning; any other keyword is a ``TypeError``."""
+        renamed = kwargs.pop("set_alpha_to_zero", None)
+        if renamed is not None:
+            warnings.warn(
+                "set_alpha_to_zero is deprecated; pass set_alpha_to_one (the same meaning)", FutureWarning, stacklevel=4
+            )
+            set_alpha_to_one = check_bool("set_alpha_to_zero", renamed)
+            self.register_to_config(set_alpha_to_one=set_alpha_to_one)
+        unknown = sorted(set(kwargs) - set(DDIMScheduler.init_keys()))
+        if unknown:
+            raise ArgumentTypeError(
+                f"DDIMInverseScheduler got unexpected keyword arguments {unknown}; it takes its own arguments "
+                f"and those of DDIMScheduler ({', '.join(DDIMScheduler.init_keys())})"
+            )
+        if kwargs:
+            warn_ignored_keys(sorted(kwargs), type(self).__name__, stacklevel=5)
+        return set_alpha_to_one
+
+    def __len__(self) -> int:
+        return int(self.config.num_train_timesteps)
+
+    @property
+    def compatibles(self) -> list[type]:
+        """Scheduler classes whose configs this one accepts: ours, and diffusers' when diffusers is loaded."""
+        return compatible_classes(type(self), tuple(self._compatibles))

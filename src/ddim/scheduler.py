@@ -5,7 +5,7 @@ coefficients (:mod:`ddim.coefficients`) and the update (:mod:`ddim.update`) are 
 stepping methods are :class:`ddim.stepping.DDIMStepping`'s. The class holds the tables they produce
 and reads its config at call time.
 
-Reproduced diffusers quirks (defaults; see README "Compatibility notes"):
+Reproduced diffusers quirks (defaults; see docs/compatibility.md):
 
 - the step lands on ``t - T // N`` for every spacing, which for ``trailing``/``linspace`` (or T not
   divisible by N) is not the next grid point;
@@ -83,6 +83,7 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
     _compatibles = list(COMPATIBLE_SCHEDULER_NAMES)
     order = 1
     init_noise_sigma = 1.0
+    extra_options = {"prev_timestep_from_grid": False}
 
     @records_config
     def __init__(

@@ -78,16 +78,18 @@ class StepTables:
             return X0Transform(clip_range=float(config.clip_sample_range))
         return X0Transform()
 
-    def _table_key(self, eta: float, use_clipped: bool, transform: X0Transform) -> tuple[Any, ...]:
-        return (self.config.prediction_type, transform.active, use_clipped and transform.active, eta)
+    def _table_key(
+        self, eta: float, use_clipped: bool, transform: X0Transform, pairs: str = "pairs"
+    ) -> tuple[Any, ...]:
+        return (pairs, self.config.prediction_type, transform.active, use_clipped and transform.active, eta)
 
     def _host_table(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, list[HostRow], UpdateTerms]:
         """(float64 table, the same as nested lists, structural terms) for a table key; built once."""
         cached = self._tables.get(key)
         if cached is None:
-            prediction_type, transforms_x0, use_clipped, eta = key
+            pairs_name, prediction_type, transforms_x0, use_clipped, eta = key
             check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-            pairs = self._tables[("pairs", torch.device("cpu"))]
+            pairs = self._tables[(pairs_name, torch.device("cpu"))]
             table = step_coefficient_table(pairs, eta, prediction_type, transforms_x0, use_clipped)
             rows = [HostRow(row) for row in table.tolist()]
             cached = (table, rows, update_terms(prediction_type, transforms_x0, use_clipped))
@@ -113,8 +115,10 @@ class StepTables:
         use_clipped_model_output: bool,
         generator: Generator,
         variance_noise: torch.Tensor | None,
+        pairs: str = "pairs",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_to, x0)`` of one step at ``timestep`` (inputs already checked by the caller, except the noise)."""
+        """``(x_to, x0)`` of one step at ``timestep`` (inputs already checked by the caller, except the noise);
+        ``pairs`` names the table of alpha pairs that :meth:`install_grid` stored (``"pairs"``: the step's)."""
         transform = self._x0_transform()
         noise = None
         if eta > 0:
@@ -134,7 +138,7 @@ class StepTables:
                         f"must equal sample shape {tuple(sample.shape)}"
                     )
                 noise = variance_noise
-        coefficients, terms = self._coefficients(timestep, sample, eta, use_clipped_model_output, transform)
+        coefficients, terms = self._coefficients(timestep, sample, eta, use_clipped_model_output, transform, pairs)
         if sample.is_cuda and not torch.compiler.is_compiling():  # one Triton kernel when it handles the tensors
             from ddim import kernels
 
@@ -143,12 +147,18 @@ class StepTables:
         return torch_update(sample, model_output, coefficients, terms, transform, noise)
 
     def _coefficients(
-        self, timestep: Timestep, sample: torch.Tensor, eta: float, use_clipped: bool, transform: X0Transform
+        self,
+        timestep: Timestep,
+        sample: torch.Tensor,
+        eta: float,
+        use_clipped: bool,
+        transform: X0Transform,
+        pairs_name: str = "pairs",
     ) -> tuple[Coefficients, UpdateTerms]:
         """The coefficient row(s) for ``timestep``: six Python floats for a host timestep, else a
         :class:`ddim.update.CoefficientGather` of device rows (a (b, 6) tensor while compiling)."""
         total = self._prev_timesteps.shape[0]
-        key = self._table_key(eta, use_clipped, transform)
+        key = self._table_key(eta, use_clipped, transform, pairs_name)
         if (
             isinstance(timestep, torch.Tensor)  # the common pipeline case first: a 0-dim CPU tensor, read once
             and timestep.ndim == 0
@@ -174,14 +184,14 @@ class StepTables:
                 check_timestep_values(index, total)
             # index_select, not table[index]: indexing with a 0-dim tensor reads its value on the host.
             dtype = compute_dtype(sample.dtype)
-            prediction_type, transforms_x0, use_clipped_x0, _ = key
+            _, prediction_type, transforms_x0, use_clipped_x0, _ = key
             terms = update_terms(prediction_type, transforms_x0, use_clipped_x0)
             if torch.compiler.is_compiling():
                 # Traced: gather (abar_from, abar_to) and derive the coefficients in the graph, where
                 # the compiler fuses them into the update; no table is built while tracing.
-                pairs = self._tables.get(("pairs", sample.device))
+                pairs = self._tables.get((pairs_name, sample.device))
                 if pairs is None:
-                    pairs = self._tables[("pairs", torch.device("cpu"))].to(sample.device)
+                    pairs = self._tables[(pairs_name, torch.device("cpu"))].to(sample.device)
                 gathered = CoefficientGather(pairs, index.to(sample.device)).rows()
                 rows = step_coefficients(
                     gathered[..., 0], gathered[..., 1], eta, prediction_type, transforms_x0, use_clipped_x0

@@ -10,11 +10,12 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 
+from ddim.coefficients import schedule_variance
 from ddim.forward_process import ForwardProcess
 from ddim.noise import Generator
 from ddim.output import DDIMSchedulerOutput
 from ddim.step_tables import StepTables, check_eta
-from ddim.tensor_checks import Timestep, check_step_tensors
+from ddim.tensor_checks import Timestep, check_step_tensors, timestep_index
 from ddim.timesteps import (
     TIMESTEP_SPACINGS,
     as_timestep_grid,
@@ -85,6 +86,23 @@ class DDIMStepping(StepTables, ForwardProcess):
         total = len(self._prev_timesteps)
         t = check_int("timestep", timestep, 0, total - 1)
         return max(int(self._prev_timesteps[t]), -1)  # diffusers' rule gives any negative number
+
+    def _get_variance(self, timestep: Timestep, prev_timestep: Timestep | None = None) -> torch.Tensor:
+        """sigma_t^2 / eta^2 = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev) (DDIM paper, eq. 16).
+
+        As diffusers' ``_get_variance``: float32 from ``alphas_cumprod``; a negative ``prev_timestep``
+        means the final alpha; ``None`` means ``timestep - T // N`` (after ``set_timesteps``). Ints or
+        integer tensors of any shape (elementwise; a tensor on an accelerator is not read).
+        """
+        total = int(self.config.num_train_timesteps)
+        t = timestep_index("timestep", timestep, total)
+        if prev_timestep is None:
+            if self.num_inference_steps is None:
+                raise ArgumentValueError("_get_variance(timestep) without prev_timestep needs set_timesteps() first")
+            prev = t - total // self.num_inference_steps
+        else:
+            prev = timestep_index("prev_timestep", prev_timestep, total, negative=True)
+        return schedule_variance(self.alphas_cumprod, t, prev.to(t.device), self.final_alpha_cumprod)
 
     @overload
     def step(

@@ -40,6 +40,32 @@ def check_timestep_values(timestep: torch.Tensor, total: int) -> None:
         )
 
 
+def timestep_index(name: str, value: object, total: int, *, negative: bool = False) -> torch.Tensor:
+    """A timestep (int or integer tensor of any shape) as an int64 tensor, checked to lie in [0, total), or
+    below ``total`` when ``negative`` (a landing past timestep 0). A tensor on an accelerator is not read."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in INTEGER_DTYPES:
+            raise ArgumentTypeError(f"{name} must be an integer tensor, got dtype {value.dtype}")
+        index = as_index(value)
+        if index.device.type == "cpu":
+            bad = (index >= total) | ((index < 0) if not negative else torch.zeros_like(index, dtype=torch.bool))
+            if bool(bad.any()):
+                value = int(index[bad][0])
+                raise ArgumentValueError(f"{name} contains {value}, out of range; {_allowed(total, negative)}")
+        return index
+    if not is_int(value):
+        raise type_error(name, value, "an int, a numpy integer or an integer tensor")
+    number = int(value)  # type: ignore[call-overload]
+    if number >= total or (number < 0 and not negative):
+        raise ArgumentValueError(f"{name}={number} is out of range; {_allowed(total, negative)}")
+    return torch.tensor(number, dtype=torch.int64)
+
+
+def _allowed(total: int, negative: bool) -> str:
+    low = "any negative number (the final alpha) or 0" if negative else "0"
+    return f"allowed values are {low}..{total - 1} (num_train_timesteps={total})"
+
+
 def check_floating(name: str, tensor: object) -> torch.Tensor:
     """``tensor`` after checking it is a tensor of a floating dtype (an integer sample would be truncated)."""
     if not isinstance(tensor, torch.Tensor):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import numpy as np
 
@@ -121,3 +121,20 @@ def describe_range(
     if maximum is not None:
         return f"{'<' if open_maximum else '<='} {maximum:g}" if real else f"<= {maximum}"
     return "finite numbers"
+
+
+class RefusesItemChanges:
+    """Mixin for ``dict`` subclasses whose items mirror attributes: the methods that remove or bulk-change
+    items raise ``TypeError`` naming the class and ``item_change_advice``."""
+
+    item_change_advice = ""
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise ArgumentTypeError(f"{type(self).__name__} items cannot be changed this way; {self.item_change_advice}")
+
+    __delitem__ = _refuse
+    setdefault = _refuse
+    pop = _refuse
+    popitem = _refuse
+    update = _refuse
+    clear = _refuse

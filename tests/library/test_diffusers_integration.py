@@ -15,6 +15,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 import ddim
+import ddim.diffusers
 from conftest import make_tiny_unet
 from ddim.diffusers import DDIMScheduler
 
@@ -118,19 +119,24 @@ def test_ddim_pipeline_images_equal_diffusers(unet: UNet2DModel, dtype: torch.dt
     assert abs(images - expected).max() <= 1e-5
 
 
-def test_save_and_load_pipeline_gives_back_our_scheduler(unet: UNet2DModel, tmp_path: Path) -> None:
-    """model_index.json records ["ddim.diffusers", "DDIMScheduler"]; loading (module imported) returns it."""
-    scheduler = DDIMScheduler(prediction_type="v_prediction", clip_sample=False)
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DDIMInverseScheduler", "DDIMParallelScheduler"])
+def test_save_and_load_pipeline_gives_back_our_scheduler(unet: UNet2DModel, tmp_path: Path, name: str) -> None:
+    """model_index.json records ["ddim.diffusers", NAME]; loading (module imported) returns that class."""
+    cls = getattr(ddim.diffusers, name)
+    scheduler = cls(prediction_type="v_prediction", clip_sample=False)
     pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
     assert pipe.scheduler is scheduler
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["scheduler"] == ["ddim.diffusers", "DDIMScheduler"]
+    assert index["scheduler"] == ["ddim.diffusers", name]
+    written = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert written["_class_name"] == name and "prev_timestep_from_grid" not in written
     loaded = DiffusionPipeline.from_pretrained(tmp_path)
     assert type(loaded) is DDPMPipeline
-    assert type(loaded.scheduler) is DDIMScheduler
+    assert type(loaded.scheduler) is cls
     assert loaded.scheduler.config.prediction_type == "v_prediction"
     assert loaded.scheduler.config.clip_sample is False
+    assert dict(loaded.scheduler.config) == {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
 
 
 def test_ddim_pipeline_round_trip_gives_diffusers_class_as_documented(unet: UNet2DModel, tmp_path: Path) -> None:
@@ -160,3 +166,24 @@ def test_core_never_imports_diffusers() -> None:
         "assert 'diffusers' not in sys.modules, 'diffusers was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_readme_drop_in_example_runs(unet: UNet2DModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("<!-- example:drop-in -->") : readme.index("<!-- /example:drop-in -->")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {
+        "pipe": DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()),
+        "model": lambda x, t: unet(x, t).sample,
+    }
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert type(namespace["pipe"].scheduler) is DDIMScheduler
+    assert type(namespace["inverse"]) is ddim.diffusers.DDIMInverseScheduler
+    parallel, x, window = namespace["parallel"], namespace["x"], namespace["window"]
+    model_output = unet(x, window).sample
+    for i, t in enumerate(window.tolist()):
+        expected = parallel.step(model_output[i : i + 1], t, x[i : i + 1]).prev_sample[0]
+        torch.testing.assert_close(namespace["x_prev"][i], expected)

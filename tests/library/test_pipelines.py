@@ -190,3 +190,62 @@ def test_custom_timesteps_through_the_pipeline(components: dict[str, object]) ->
     assert ours.timesteps.tolist() == [901, 501, 101]
     with pytest.raises(ValueError, match="strictly decreasing"):
         pipe("a cat", height=SIZE, width=SIZE, timesteps=[101, 501], output_type="np")
+
+
+def paradigms_images(components: dict[str, object], scheduler: object) -> np.ndarray:
+    """ParaDiGMS parallel sampling (a window of 4 timesteps refined at once) of "a cat", seed 0."""
+    pipe = diffusers.StableDiffusionParadigmsPipeline(
+        **components, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a cat",
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=10,
+        parallel=4,
+        tolerance=0.1,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    return out.images
+
+
+@pytest.mark.parametrize("cls", ["stand-alone", "subclass"])
+def test_parallel_sampling_pipeline_equals_diffusers(components: dict[str, object], cls: str) -> None:
+    import ddim.diffusers
+
+    ours_cls = ddim.DDIMParallelScheduler if cls == "stand-alone" else ddim.diffusers.DDIMParallelScheduler
+    reference = paradigms_images(components, diffusers.DDIMParallelScheduler(**SD_CONFIG))
+    ours = paradigms_images(components, ours_cls(**SD_CONFIG))
+    assert reference.std() > 0.01
+    np.testing.assert_allclose(ours, reference, **TOLERANCE)
+
+
+def diffedit_inversion(components: dict[str, object], inverse_scheduler: object) -> np.ndarray:
+    """DiffEdit's DDIM inversion of a fixed image under the prompt "a cat" (latents, as numpy)."""
+    pipe = diffusers.StableDiffusionDiffEditPipeline(
+        **components,
+        scheduler=diffusers.DDIMScheduler(**SD_CONFIG),
+        inverse_scheduler=inverse_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(0)  # the VAE samples its latent
+    out = pipe.invert(
+        prompt="a cat", image=image, num_inference_steps=6, inpaint_strength=0.8, generator=generator, output_type="np"
+    )
+    return out.latents.detach().numpy()
+
+
+def test_editing_pipelines_invert_with_our_inverse_scheduler(components: dict[str, object]) -> None:
+    import ddim.diffusers
+
+    config = {k: v for k, v in SD_CONFIG.items() if k != "steps_offset"}
+    reference = diffedit_inversion(components, diffusers.DDIMInverseScheduler(**config))
+    assert reference.std() > 0.01
+    for cls in (ddim.DDIMInverseScheduler, ddim.diffusers.DDIMInverseScheduler):
+        np.testing.assert_allclose(diffedit_inversion(components, cls(**config)), reference, **TOLERANCE)

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +158,7 @@ def _prepare_locked(
                 (out_dir / shard_file(shard_id)).unlink()
     manifest["shards"] = complete
     manifest["complete"] = len(complete) == len(spans)
-    manifest["runs"].append(
-        {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "world_size": world_size}
-    )
+    manifest["runs"].append({"started": datetime.now(UTC).isoformat(timespec="seconds"), "world_size": world_size})
     store_manifest(out_dir, manifest)
     return [shard_id for shard_id in range(len(spans)) if str(shard_id) not in complete]
 
