@@ -7,9 +7,17 @@ from typing import Any
 
 import torch
 
-from ddim.tensor_checks import Timestep, as_index, check_broadcasts_to, check_floating, check_timestep_values
+from ddim.tensor_checks import (
+    Timestep,
+    as_index,
+    check_broadcasts_to,
+    check_floating,
+    check_timestep_shape,
+    check_timestep_values,
+    leading_shape,
+)
 from ddim.update import compute_dtype
-from ddim.validation import ArgumentTypeError, ArgumentValueError
+from ddim.validation import ArgumentTypeError
 
 
 class ForwardProcess:
@@ -30,16 +38,12 @@ class ForwardProcess:
         index = torch.as_tensor(timesteps).to(like.device)
         if index.is_floating_point() or index.dtype in (torch.bool, torch.complex64, torch.complex128):
             raise ArgumentTypeError(f"timesteps must be integers, got dtype {index.dtype}")
+        check_timestep_shape("timesteps", index, like, any_row_shape=True)
         index = as_index(index).reshape(-1)
-        if index.numel() not in (1, like.shape[0]):
-            raise ArgumentValueError(
-                f"timesteps has {index.numel()} entries; it needs one per batch row (batch size {like.shape[0]}) "
-                "or one for all"
-            )
         if index.device.type == "cpu" and not torch.compiler.is_compiling():
             check_timestep_values(index, table.shape[0])
         rows = table.index_select(0, index)
-        shape = (rows.shape[0],) + (1,) * (like.ndim - 1)
+        shape = leading_shape(rows.shape[0], like.shape)
         return rows[:, 0].reshape(shape), rows[:, 1].reshape(shape)
 
     def _tables_forward(self) -> dict[Any, torch.Tensor]:

@@ -1,24 +1,33 @@
-"""``ddim.invert``: encode x_0 into the latent x_T by the exact reverse of a sampling grid (DDIM paper, sec. 4.3).
+"""``ddim.invert``: encode x_0 into a latent by walking a sampling grid backwards (DDIM paper, sec. 4.3).
 
-For each sampling step t -> s of a ``DDIMScheduler``'s grid, in reverse order, the eta = 0 step
-(eq. 12) is solved for its start, so sampling from the result retraces the inversion (the
-reconstruction error falls with N, as in the paper's Table 2, and vanishes with fixed-point refinement).
+Three methods, one call:
+
+- ``"ddim"`` (default): each eta = 0 sampling step (eq. 12), in reverse order, solved for its start
+  with the model read at the step's end; the reconstruction error falls with N (the paper's Table 2)
+  and vanishes with fixed-point refinement. Returns x_T, sampled back by ``ddim.sample``.
+- ``"edict"`` / ``"bdia"``: the exactly invertible updates of :mod:`ddim.exact_inversion`; return a
+  latent that ``ddim.sample_exact`` samples back to x_0 up to rounding, for any model.
+
+Classifier-free guidance has the meaning of ``ddim.sample``'s; sampling back with the same guidance
+retraces the inversion.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, overload
+from typing import Literal, get_args, overload
 
-import numpy as np
 import torch
 
-from ddim.paper_step import ddim_step
-from ddim.prediction import prediction_coefficients
+from ddim.exact_inversion import BDIA_GAMMA, EDICT_P, BDIALatent, EDICTLatent, bdia_invert, edict_invert
+from ddim.inversion_steps import Timesteps, check_exact_grid, ddim_inverse_step, grid_steps, make_denoiser
+from ddim.model import Model
 from ddim.progress import progress_iter
-from ddim.sampling import Model
 from ddim.scheduler import DDIMScheduler
-from ddim.validation import ArgumentValueError, check_int
+from ddim.tensor_checks import check_floating
+from ddim.validation import ArgumentValueError, check_bool, check_int, check_real, check_str_choice
+
+InversionMethod = Literal["ddim", "edict", "bdia"]
+INVERSION_METHODS: tuple[str, ...] = get_args(InversionMethod)
 
 
 @overload
@@ -28,8 +37,12 @@ def invert(
     sample: torch.Tensor,
     *,
     num_inference_steps: int | None = ...,
-    timesteps: Sequence[int] | np.ndarray | torch.Tensor | None = ...,
+    timesteps: Timesteps = ...,
+    method: Literal["ddim"] = ...,
     fixed_point_iterations: int = ...,
+    guidance_scale: float = ...,
+    unconditional_model: Model | None = ...,
+    guidance_rescale: float = ...,
     return_trajectory: Literal[False] = ...,
     progress: bool = ...,
 ) -> torch.Tensor: ...
@@ -42,11 +55,70 @@ def invert(
     sample: torch.Tensor,
     *,
     num_inference_steps: int | None = ...,
-    timesteps: Sequence[int] | np.ndarray | torch.Tensor | None = ...,
+    timesteps: Timesteps = ...,
+    method: Literal["ddim"] = ...,
     fixed_point_iterations: int = ...,
+    guidance_scale: float = ...,
+    unconditional_model: Model | None = ...,
+    guidance_rescale: float = ...,
     return_trajectory: Literal[True],
     progress: bool = ...,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+
+@overload
+def invert(
+    model: Model,
+    scheduler: DDIMScheduler,
+    sample: torch.Tensor,
+    *,
+    num_inference_steps: int | None = ...,
+    timesteps: Timesteps = ...,
+    method: Literal["edict"],
+    p: float | None = ...,
+    guidance_scale: float = ...,
+    unconditional_model: Model | None = ...,
+    guidance_rescale: float = ...,
+    progress: bool = ...,
+) -> EDICTLatent: ...
+
+
+@overload
+def invert(
+    model: Model,
+    scheduler: DDIMScheduler,
+    sample: torch.Tensor,
+    *,
+    num_inference_steps: int | None = ...,
+    timesteps: Timesteps = ...,
+    method: Literal["bdia"],
+    fixed_point_iterations: int = ...,
+    gamma: float | None = ...,
+    guidance_scale: float = ...,
+    unconditional_model: Model | None = ...,
+    guidance_rescale: float = ...,
+    progress: bool = ...,
+) -> BDIALatent: ...
+
+
+@overload
+def invert(
+    model: Model,
+    scheduler: DDIMScheduler,
+    sample: torch.Tensor,
+    *,
+    num_inference_steps: int | None = ...,
+    timesteps: Timesteps = ...,
+    method: str = ...,
+    fixed_point_iterations: int = ...,
+    p: float | None = ...,
+    gamma: float | None = ...,
+    guidance_scale: float = ...,
+    unconditional_model: Model | None = ...,
+    guidance_rescale: float = ...,
+    return_trajectory: bool = ...,
+    progress: bool = ...,
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | EDICTLatent | BDIALatent: ...
 
 
 def invert(
@@ -55,52 +127,86 @@ def invert(
     sample: torch.Tensor,
     *,
     num_inference_steps: int | None = 50,
-    timesteps: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    timesteps: Timesteps = None,
+    method: str = "ddim",
     fixed_point_iterations: int = 0,
+    p: float | None = None,
+    gamma: float | None = None,
+    guidance_scale: float = 1.0,
+    unconditional_model: Model | None = None,
+    guidance_rescale: float = 0.0,
     return_trajectory: bool = False,
     progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """Encode x_0 into x_T by walking the sampling grid of ``scheduler`` backwards (DDIM paper, sec. 4.3).
+) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | EDICTLatent | BDIALatent:
+    """Encode x_0 (``sample``) by walking the sampling grid of ``scheduler`` backwards.
 
-    For each sampling step t -> s (s = ``scheduler.previous_timestep(t)``, abar_s the final alpha
-    when s < 0), in reverse order, solve the eta = 0 step for x_t::
+    Args:
+        num_inference_steps / timesteps: the grid, as in ``ddim.sample`` (``timesteps`` takes precedence).
+        method: ``"ddim"``: for each step t -> s, in reverse order, solve the eta = 0 step for x_t::
 
-        eps = eps(model(x, t))                            x = x_s, or the current x_t estimate
-        x_t = sqrt(abar_t) (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s) + sqrt(1 - abar_t) eps
+                eps = eps(model(x, t))                    x = x_s, or the current x_t estimate
+                x_t = sqrt(abar_t) (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s) + sqrt(1 - abar_t) eps
 
-    The model is called at t, the timestep the sampling step will call it at. With
-    ``fixed_point_iterations`` = k > 0, x_t is re-solved k times with eps from the model at the
-    current x_t estimate: the fixed point is the exact inverse of the sampling step. Sampling
-    ``ddim.sample(model, scheduler, noise=x_T, ...)`` with the same grid then reconstructs ``sample``.
+            returning x_T; ``ddim.sample(model, scheduler, noise=x_T, ...)`` on the same grid
+            reconstructs x_0 approximately. ``"edict"`` (EDICT, arXiv 2211.12446) returns an
+            :class:`~ddim.exact_inversion.EDICTLatent`, ``"bdia"`` (BDIA-DDIM, arXiv 2307.10829) a
+            :class:`~ddim.exact_inversion.BDIALatent`; ``ddim.sample_exact(model, scheduler, latent)``
+            reconstructs x_0 exactly (up to rounding) for any model. EDICT costs 2 model calls a
+            step, BDIA and DDIM one.
+        fixed_point_iterations: k > 0 re-solves each ``"ddim"`` step k times with eps from the model
+            at the current x_t estimate (the fixed point is the exact inverse); with ``"bdia"`` it
+            refines the one approximate step, the last (from x_0). Not for ``"edict"``.
+        p: EDICT's mixing weight in (0, 1], default 0.93 (the paper's); ``"edict"`` only.
+        gamma: BDIA's gamma in (0, 1], default 1 (the official code's for inversion); ``"bdia"`` only.
+        guidance_scale / unconditional_model / guidance_rescale: classifier-free guidance as in
+            ``ddim.sample``; sample back with the same values to reconstruct.
+        return_trajectory: ``"ddim"`` only: also return [x_0, ..., x_T].
+        progress: a tqdm bar over the steps (if tqdm is installed).
+
     Needs ``clip_sample=False`` and ``thresholding=False`` (clipping x_0 is not invertible). The
-    scheduler's ``set_timesteps`` is called. Returns x_T, or (x_T, [x_0, ..., x_T]) with
-    ``return_trajectory``. ``progress`` shows a tqdm bar over the steps (if tqdm is installed).
+    scheduler's ``set_timesteps`` is called.
     """
+    check_str_choice("method", method, INVERSION_METHODS)
     if scheduler.config.clip_sample or scheduler.config.thresholding:
         raise ArgumentValueError(
             f"invert needs clip_sample=False and thresholding=False (clipping x_0 is not invertible); got "
             f"clip_sample={scheduler.config.clip_sample}, thresholding={scheduler.config.thresholding}"
         )
     iterations = check_int("fixed_point_iterations", fixed_point_iterations, minimum=0)
-    if timesteps is not None:
-        scheduler.set_timesteps(timesteps=timesteps)
-    else:
-        scheduler.set_timesteps(num_inference_steps)
-    prediction_type = scheduler.config.prediction_type
-    x = sample
-    trajectory = [x]
+    check_bool("return_trajectory", return_trajectory)
+    check_floating("sample", sample)
+    check_method_options(method, iterations, p, gamma, return_trajectory)
+    denoiser = make_denoiser(model, scheduler, guidance_scale, unconditional_model, guidance_rescale)
+    steps = grid_steps(scheduler, num_inference_steps, timesteps)
     with torch.no_grad():
-        grid = [int(t) for t in reversed(scheduler.timesteps.tolist())]
-        for t in progress_iter(grid, progress, "DDIM inversion"):
-            s = scheduler.previous_timestep(t)
-            alpha_t = float(scheduler.alphas_cumprod[t])
-            alpha_s = float(scheduler.alphas_cumprod[s]) if s >= 0 else float(scheduler.final_alpha_cumprod)
-            t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
-            _, _, eps_x, eps_m = prediction_coefficients(alpha_t, prediction_type)
-            x_t = x
-            for _ in range(iterations + 1):
-                eps = eps_x * x_t + eps_m * model(x_t, t_batch)
-                x_t = ddim_step(eps, x, alpha_s, alpha_t)[0]  # the eta = 0 step from abar_s up to abar_t
-            x = x_t
+        if method == "edict":
+            check_exact_grid(steps)
+            weight = check_real("p", EDICT_P if p is None else p, 0.0, 1.0, open_minimum=True)
+            return edict_invert(denoiser, sample, steps, weight, progress)
+        if method == "bdia":
+            check_exact_grid(steps)
+            weight = check_real("gamma", BDIA_GAMMA if gamma is None else gamma, 0.0, 1.0, open_minimum=True)
+            return bdia_invert(denoiser, sample, steps, weight, iterations, progress)
+        x = sample
+        trajectory = [x]
+        for step in progress_iter(list(reversed(steps)), progress, "DDIM inversion"):
+            x = ddim_inverse_step(denoiser, x, step, iterations)
             trajectory.append(x)
     return (x, trajectory) if return_trajectory else x
+
+
+def check_method_options(
+    method: str, iterations: int, p: float | None, gamma: float | None, return_trajectory: bool
+) -> None:
+    """``ValueError`` for an option the chosen method does not have (never silently ignored)."""
+    unused = []
+    if p is not None and method != "edict":
+        unused.append(f"p={p!r} (EDICT's mixing weight)")
+    if gamma is not None and method != "bdia":
+        unused.append(f"gamma={gamma!r} (BDIA's parameter)")
+    if iterations and method == "edict":
+        unused.append(f"fixed_point_iterations={iterations} (EDICT inverts exactly)")
+    if return_trajectory and method != "ddim":
+        unused.append("return_trajectory=True (method='ddim' only)")
+    if unused:
+        raise ArgumentValueError(f"method={method!r} does not take {', '.join(unused)}")

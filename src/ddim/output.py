@@ -74,6 +74,14 @@ class DDIMSchedulerOutput(StepOutput):
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
+    def __init__(self, prev_sample: torch.Tensor, pred_original_sample: torch.Tensor | None = None) -> None:
+        # written out (the generated one goes through __setattr__ and __post_init__): one per step, so it is hot
+        attributes = self.__dict__
+        attributes["prev_sample"], attributes["pred_original_sample"] = prev_sample, pred_original_sample
+        OrderedDict.__setitem__(self, "prev_sample", prev_sample)
+        if pred_original_sample is not None:
+            OrderedDict.__setitem__(self, "pred_original_sample", pred_original_sample)
+
 
 @dataclass
 class DDIMParallelSchedulerOutput(DDIMSchedulerOutput):

@@ -29,7 +29,7 @@ from ddim.noise import Generator, randn_like_diffusers
 from ddim.prediction import prediction_coefficients
 from ddim.progress import progress_iter
 from ddim.stepping import DDIMStepping
-from ddim.validation import ArgumentTypeError, ArgumentValueError, is_int
+from ddim.validation import ArgumentTypeError, ArgumentValueError, check_bool, is_int
 
 __all__ = ["Model", "NonFiniteOutputError", "SamplingOutput", "sample"]
 
@@ -82,6 +82,7 @@ def sample(
     return_x0_predictions: Literal[False] = ...,
     check_finite: bool = ...,
     use_clipped_model_output: bool = ...,
+    differentiable: bool = ...,
 ) -> torch.Tensor: ...
 
 
@@ -111,6 +112,7 @@ def sample(
     return_x0_predictions: bool = ...,
     check_finite: bool = ...,
     use_clipped_model_output: bool = ...,
+    differentiable: bool = ...,
 ) -> SamplingOutput: ...
 
 
@@ -140,6 +142,7 @@ def sample(
     return_x0_predictions: Literal[True],
     check_finite: bool = ...,
     use_clipped_model_output: bool = ...,
+    differentiable: bool = ...,
 ) -> SamplingOutput: ...
 
 
@@ -169,6 +172,7 @@ def sample(
     return_x0_predictions: bool = ...,
     check_finite: bool = ...,
     use_clipped_model_output: bool = ...,
+    differentiable: bool = ...,
 ) -> torch.Tensor | SamplingOutput: ...
 
 
@@ -197,6 +201,7 @@ def sample(
     return_x0_predictions: bool = False,
     check_finite: bool = False,
     use_clipped_model_output: bool = False,
+    differentiable: bool = False,
 ) -> torch.Tensor | SamplingOutput:
     """Draw samples with DDIM (DDIM paper, Algorithm in sec. 4.1: eq. 12 applied along the grid).
 
@@ -223,6 +228,9 @@ def sample(
         return_intermediates / return_x0_predictions: also return the trajectory of x_t / of the
             predicted x_0; a :class:`SamplingOutput` is then returned instead of the tensor.
         check_finite: raise :class:`NonFiniteOutputError` naming the step at the first non-finite model output.
+        differentiable: run the loop with autograd recording (default: under ``torch.no_grad``), so a loss
+            on the samples backpropagates into the model's parameters and ``noise`` (reward
+            backpropagation, null-text-style optimisation); the numbers are the same.
         progress: show a tqdm bar (if tqdm is installed).
 
     Returns:
@@ -230,6 +238,7 @@ def sample(
     """
     x = _initial_noise(shape, noise, generator, device, dtype)
     check_guidance(guidance_scale, unconditional_model, guidance_rescale, classifier_scale)
+    check_bool("differentiable", differentiable)
     mask = check_known(known, known_mask, x)
     if timesteps is not None:
         scheduler.set_timesteps(timesteps=timesteps)
@@ -240,7 +249,7 @@ def sample(
     if return_intermediates:
         output.intermediates.append(x)
     prediction_type = scheduler.config.prediction_type
-    with torch.no_grad():
+    with torch.enable_grad() if differentiable else torch.no_grad():
         for index, t in enumerate(progress_iter(grid, progress, "DDIM sampling")):
             t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
             model_output = guided_output(

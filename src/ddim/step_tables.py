@@ -23,11 +23,12 @@ from ddim.tensor_checks import (
     as_index,
     check_floating,
     check_host_timestep,
+    check_timestep_shape,
     check_timestep_values,
 )
 from ddim.thresholding import X0Transform
 from ddim.transfer import to_device_async
-from ddim.update import CoefficientGather, Coefficients, HostRow, compute_dtype, torch_update
+from ddim.update import CoefficientGather, Coefficients, HostRow, compute_dtype, records_gradients, torch_update
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_choice, check_real
 
 
@@ -139,10 +140,18 @@ class StepTables:
                     )
                 noise = variance_noise
         coefficients, terms = self._coefficients(timestep, sample, eta, use_clipped_model_output, transform, pairs)
-        if sample.is_cuda and not torch.compiler.is_compiling():  # one Triton kernel when it handles the tensors
+        if (
+            sample.is_cuda
+            and not (isinstance(timestep, torch.Tensor) and timestep.ndim > 1)  # per element: the torch path
+            and not torch.compiler.is_compiling()
+        ):  # one Triton kernel when it handles the tensors
             from ddim import kernels
 
             if kernels.fused_update_available(sample, model_output, noise):
+                if records_gradients(sample, model_output, noise):
+                    from ddim.kernels.autograd import differentiable_fused_update
+
+                    return differentiable_fused_update(sample, model_output, coefficients, terms, transform, noise)
                 return kernels.fused_update(sample, model_output, coefficients, transform, noise)
         return torch_update(sample, model_output, coefficients, terms, transform, noise)
 
@@ -170,15 +179,7 @@ class StepTables:
         elif isinstance(timestep, torch.Tensor):
             if timestep.dtype not in INTEGER_DTYPES:
                 raise ArgumentTypeError(f"timestep must be an integer tensor, got dtype {timestep.dtype}")
-            if timestep.ndim > 1:
-                raise ArgumentValueError(
-                    f"timestep must be 0-dim or 1-D (one per batch row), got shape {tuple(timestep.shape)}"
-                )
-            if timestep.ndim == 1 and timestep.shape[0] != sample.shape[0]:
-                raise ArgumentValueError(
-                    f"timestep has {timestep.shape[0]} entries; a 1-D timestep needs one per batch row "
-                    f"(batch size {sample.shape[0]})"
-                )
+            check_timestep_shape("timestep", timestep, sample)
             index = as_index(timestep)
             if timestep.device.type == "cpu" and not torch.compiler.is_compiling():
                 check_timestep_values(index, total)

@@ -66,6 +66,40 @@ def _allowed(total: int, negative: bool) -> str:
     return f"allowed values are {low}..{total - 1} (num_train_timesteps={total})"
 
 
+def check_timestep_shape(name: str, timestep: torch.Tensor, like: torch.Tensor, *, any_row_shape: bool = False) -> None:
+    """``ValueError`` unless a timestep tensor has one entry, or shape S with ``like.shape[:len(S)] == S``
+    (one timestep per batch row, per (row, frame), ...: it broadcasts over the remaining dimensions). With
+    ``any_row_shape`` any shape holding one entry per batch row is read row by row, as diffusers' forward
+    process flattens it."""
+    batch = like.shape[0] if like.ndim else 1
+    if timestep.numel() == 1 or tuple(timestep.shape) == tuple(like.shape[: timestep.ndim]):
+        return
+    if any_row_shape and timestep.numel() == batch:
+        return
+    if timestep.ndim == 1:
+        raise ArgumentValueError(
+            f"{name} has {timestep.shape[0]} entries; a 1-D {name} needs one per batch row "
+            f"(batch size {batch}) or one for all"
+        )
+    raise ArgumentValueError(
+        f"{name} shape {tuple(timestep.shape)} must equal the leading dimensions of the sample shape "
+        f"{tuple(like.shape)} (one timestep per element of those dimensions)"
+    )
+
+
+def leading_shape(count: int, shape: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+    """The shape that spreads ``count`` per-entry values (in row-major order) over the leading dimensions of
+    ``shape`` and broadcasts over the rest: ``shape[:k] + (1,) * (len(shape) - k)`` for the smallest k with
+    ``prod(shape[:k]) == count``."""
+    size = 1
+    for k in range(len(shape) + 1):
+        if size == count:
+            return tuple(shape[:k]) + (1,) * (len(shape) - k)
+        if k < len(shape):
+            size *= shape[k]
+    raise ArgumentValueError(f"{count} per-entry values do not fill the leading dimensions of shape {tuple(shape)}")
+
+
 def check_floating(name: str, tensor: object) -> torch.Tensor:
     """``tensor`` after checking it is a tensor of a floating dtype (an integer sample would be truncated)."""
     if not isinstance(tensor, torch.Tensor):

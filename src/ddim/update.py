@@ -28,6 +28,7 @@ import torch
 
 from ddim.coefficients import NUM_COLUMNS, PREV_M, PREV_X, PREV_X0, STD, X0_M, X0_X, UpdateTerms
 from ddim.kernels.hugepages import empty_cpu
+from ddim.tensor_checks import leading_shape
 from ddim.thresholding import X0Transform, threshold_scale
 from ddim.validation import ArgumentValueError
 
@@ -90,18 +91,22 @@ def coefficient_rows(coefficients: Coefficients, like: torch.Tensor) -> torch.Te
     if rows.shape[-1] != NUM_COLUMNS or rows.ndim > 2:
         raise ArgumentValueError(f"coefficient rows must have shape (6,) or (B, 6), got {tuple(rows.shape)}")
     rows = rows.reshape(-1, NUM_COLUMNS)
-    if rows.shape[0] not in (1, like.shape[0]):
+    try:
+        leading_shape(rows.shape[0], like.shape)
+    except ArgumentValueError:
         raise ArgumentValueError(
-            f"{rows.shape[0]} coefficient rows for a batch of {like.shape[0]}; need 1 or one per row"
-        )
+            f"{rows.shape[0]} coefficient rows for a sample of shape {tuple(like.shape)}; need 1, or one per "
+            "batch row (or per element of its leading dimensions)"
+        ) from None
     return rows.to(device=like.device, dtype=compute_dtype(like.dtype))
 
 
-def broadcast_columns(rows: torch.Tensor, ndim: int) -> Sequence[torch.Tensor]:
-    """The six columns of (b, 6) rows, each shaped (b, 1, ..., 1) to broadcast over a tensor of ``ndim`` dims."""
+def broadcast_columns(rows: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> Sequence[torch.Tensor]:
+    """The six columns of (b, 6) rows, each shaped to broadcast over a tensor of ``shape``: one row for all,
+    or one per element of its leading dimensions (``b`` = B, B * F, ...; see :func:`leading_shape`)."""
     if rows.shape[0] == 1:
         return rows[0].unbind(0)
-    return rows.reshape(rows.shape[0], NUM_COLUMNS, *([1] * (ndim - 1))).unbind(1)
+    return rows.reshape(*leading_shape(rows.shape[0], shape), NUM_COLUMNS).unbind(-1)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -122,6 +127,21 @@ def accumulate(acc: torch.Tensor, coefficient: Coefficient, tensor: torch.Tensor
     if isinstance(coefficient, torch.Tensor):
         return acc.addcmul_(tensor, coefficient)
     return acc.add_(tensor, alpha=coefficient)
+
+
+def records_gradients(sample: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor | None) -> bool:
+    """Whether autograd records a step on these tensors (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and (
+        sample.requires_grad or model_output.requires_grad or (noise is not None and noise.requires_grad)
+    )
+
+
+def std_coefficient(coefficients: Coefficients, like: torch.Tensor) -> Coefficient:
+    """sigma_t of each row (column STD), as a float or shaped to broadcast over ``like``."""
+    rows = coefficient_rows(coefficients, like)
+    if rows is None:
+        return float(coefficients[STD])  # type: ignore[index]
+    return broadcast_columns(rows, like.shape)[STD]
 
 
 def update_pass(
@@ -157,7 +177,10 @@ def update_pass(
         x0 = x0.contiguous()
         per_row = x0.view(x0.shape[0], -1)
         s = threshold_scale(per_row, transform.threshold_ratio, transform.threshold_max).unsqueeze(1)
-        per_row.clamp_(-s, s).div_(s)
+        if per_row.requires_grad:  # s is a function of x0: keep x0 for the backward pass
+            x0 = (per_row.clamp(-s, s) / s).view(x0.shape)
+        else:
+            per_row.clamp_(-s, s).div_(s)
     elif clip is not None:
         x0.clamp_(-clip, clip)
     if terms.prev_x:
@@ -196,10 +219,11 @@ def torch_update(
         if sample.device.type == "cpu":
             factors = scalar_tensors(tuple(c), work)
     else:
-        c = broadcast_columns(rows, sample.ndim)
+        c = broadcast_columns(rows, sample.shape)
     chunked = (
         sample.device.type == "cpu"
         and sample.numel() >= CPU_CHUNK_THRESHOLD
+        and not records_gradients(sample, model_output, noise)  # autograd cannot record writes into ``out=``
         and (rows is None or rows.shape[0] == 1)
         and transform.threshold_ratio is None
         and not torch.compiler.is_compiling()

@@ -192,5 +192,5 @@ def fused_update(
 def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Coefficients) -> torch.Tensor:
     """The untransformed x0 = X0_X x + X0_M m in float32 (input to the per-row threshold scale)."""
     rows = coefficient_rows(coefficients, x)
-    c = list(coefficients) if rows is None else broadcast_columns(rows, x.ndim)  # type: ignore[arg-type]
+    c = list(coefficients) if rows is None else broadcast_columns(rows, x.shape)  # type: ignore[arg-type]
     return x.float() * c[columns.X0_X] + m.float() * c[columns.X0_M]

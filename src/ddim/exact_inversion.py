@@ -1,0 +1,292 @@
+"""Exactly invertible DDIM sampling: EDICT (arXiv 2211.12446) and BDIA-DDIM (arXiv 2307.10829).
+
+Plain DDIM inversion is approximate: a sampling step reads the model at the state it updates, so
+its inverse has to guess that state. EDICT and BDIA make every sampling update an affine map of a
+state the model does not read in that update, which is solved for exactly: ``ddim.invert(...,
+method="edict" | "bdia")`` then :func:`sample_exact` reconstructs x_0 up to rounding, for any model.
+
+Notation (:mod:`ddim.inversion_steps`): step k calls the model at t_k (abar_k) and lands on abar'_k;
+T(x, eps) = a x + b eps is the eta = 0 DDIM transfer between them (DDIM paper, eq. 12); eps is the
+(guided) model output as epsilon, for every prediction type.
+
+Precision: the chains are carried in float64 (float32 on MPS, which has no float64) and the model is
+called with them cast to the sample's dtype. Inversion and sampling then feed the model the same
+values, and the round trip is exact to float64 rounding, even for a float32 or float16 model. Float32
+chains would not be: the sampler amplifies rounding (on the digits model a 1e-7 change of x_T moves
+x_0 by ~1e-5). The papers' code runs Stable Diffusion in float64 for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ddim.inversion_steps import (
+    Denoiser,
+    GridStep,
+    Timesteps,
+    check_exact_grid,
+    ddim_inverse_step,
+    grid_steps,
+    make_denoiser,
+    state_dtype,
+    transfer,
+)
+from ddim.model import Model
+from ddim.progress import progress_iter
+from ddim.stepping import DDIMStepping
+from ddim.tensor_checks import check_floating
+from ddim.validation import ArgumentTypeError, ArgumentValueError, check_real, check_str_choice
+
+__all__ = ["BDIA_GAMMA", "EDICT_P", "BDIALatent", "EDICTLatent", "sample_exact"]
+
+#: EDICT's mixing weight p (the paper's value for Stable Diffusion).
+EDICT_P = 0.93
+#: BDIA's gamma for exact inversion (the official code's default; its editing range is [0.92, 1]).
+BDIA_GAMMA = 1.0
+EXACT_METHODS = ("edict", "bdia")
+
+
+@dataclass(frozen=True, eq=False)
+class EDICTLatent:
+    """What EDICT inversion returns: its two chains at t_0 and the steps sampling must walk back.
+
+    The chains are float64 tensors (see the module docstring). Attributes:
+        x, y: the coupled chains x_T and y_T (equal when sampling starts from fresh noise).
+        steps: the sampling steps, in sampling order (``timesteps`` lists their timesteps).
+        p: the mixing weight in (0, 1].
+        dtype: the dtype the model is called in and x_0 is returned in (default: x's).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    steps: tuple[GridStep, ...]
+    p: float = EDICT_P
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        check_pair("x", self.x, "y", self.y)
+        check_steps(self.steps)
+        check_real("p", self.p, 0.0, 1.0, open_minimum=True)
+        object.__setattr__(self, "dtype", self.x.dtype if self.dtype is None else self.dtype)
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        return tuple(step.timestep for step in self.steps)
+
+
+@dataclass(frozen=True, eq=False)
+class BDIALatent:
+    """What BDIA inversion returns: the last two states, x_T at t_0 and x_next after the first step.
+
+    The states are float64 tensors (see the module docstring). Attributes:
+        x_T: the state at t_0.
+        x_next: the state after step 0 (the model's input at t_1; x_0 itself when N = 1).
+        steps: the sampling steps, in sampling order (``timesteps`` lists their timesteps).
+        gamma: BDIA's gamma in [0, 1] (inversion needs gamma > 0; 0 samples as plain DDIM).
+        dtype: the dtype the model is called in and x_0 is returned in (default: x_T's).
+    """
+
+    x_T: torch.Tensor
+    x_next: torch.Tensor
+    steps: tuple[GridStep, ...]
+    gamma: float = BDIA_GAMMA
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        check_pair("x_T", self.x_T, "x_next", self.x_next)
+        check_steps(self.steps)
+        check_real("gamma", self.gamma, 0.0, 1.0)
+        object.__setattr__(self, "dtype", self.x_T.dtype if self.dtype is None else self.dtype)
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        return tuple(step.timestep for step in self.steps)
+
+
+def check_pair(name_a: str, a: object, name_b: str, b: object) -> None:
+    """Both tensors of a floating dtype and of one shape."""
+    first, second = check_floating(name_a, a), check_floating(name_b, b)
+    if first.shape != second.shape:
+        raise ArgumentValueError(
+            f"{name_a} shape {tuple(first.shape)} and {name_b} shape {tuple(second.shape)} must be equal"
+        )
+
+
+def check_steps(steps: object) -> None:
+    if not isinstance(steps, tuple) or not steps or not all(isinstance(step, GridStep) for step in steps):
+        raise ArgumentTypeError(f"steps must be a non-empty tuple of GridStep, got {steps!r}")
+
+
+# ----------------------------------------------------------------------------- EDICT
+def edict_step(
+    denoiser: Denoiser, x: torch.Tensor, y: torch.Tensor, step: GridStep, p: float
+) -> tuple[torch.Tensor, ...]:
+    """One EDICT denoising step (Wallace, Gokul & Naik, eq. 14: two coupled DDIM updates, then the mixing layers)::
+
+    x^i = a x + b eps(y),   y^i = a y + b eps(x^i),   x' = p x^i + (1 - p) y^i,   y' = p y^i + (1 - p) x'
+    """
+    a, b = transfer(step.alpha, step.alpha_to)
+    x_inter = a * x + b * denoiser(y, step)
+    y_inter = a * y + b * denoiser(x_inter, step)
+    x_new = p * x_inter + (1 - p) * y_inter
+    return x_new, p * y_inter + (1 - p) * x_new
+
+
+def edict_inverse_step(
+    denoiser: Denoiser, x: torch.Tensor, y: torch.Tensor, step: GridStep, p: float
+) -> tuple[torch.Tensor, ...]:
+    """The exact inverse of :func:`edict_step` (each line of eq. 14 solved, in reverse order)::
+
+    y^i = (y' - (1 - p) x') / p,  x^i = (x' - (1 - p) y^i) / p,  y = (y^i - b eps(x^i)) / a,  x = (x^i - b eps(y)) / a
+    """
+    a, b = transfer(step.alpha, step.alpha_to)
+    y_inter = (y - (1 - p) * x) / p
+    x_inter = (x - (1 - p) * y_inter) / p
+    y_start = (y_inter - b * denoiser(x_inter, step)) / a
+    return (x_inter - b * denoiser(y_start, step)) / a, y_start
+
+
+def edict_invert(
+    denoiser: Denoiser, sample: torch.Tensor, steps: tuple[GridStep, ...], p: float, progress: bool
+) -> EDICTLatent:
+    """x = y = x_0, then :func:`edict_inverse_step` for each step in reverse order (2 model calls a step)."""
+    denoiser = denoiser.with_dtype(sample.dtype)
+    x = y = sample.to(state_dtype(sample))
+    for step in progress_iter(list(reversed(steps)), progress, "EDICT inversion"):
+        x, y = edict_inverse_step(denoiser, x, y, step, p)
+    return EDICTLatent(x, y, steps, p, sample.dtype)
+
+
+def edict_sample(denoiser: Denoiser, latent: EDICTLatent, progress: bool) -> torch.Tensor:
+    """:func:`edict_step` along the latent's steps; returns the x chain (the y chain ends next to it)."""
+    denoiser = denoiser.with_dtype(latent.dtype)
+    x, y = latent.x.to(state_dtype(latent.x)), latent.y.to(state_dtype(latent.x))
+    for step in progress_iter(latent.steps, progress, "EDICT sampling"):
+        x, y = edict_step(denoiser, x, y, step, latent.p)
+    return x.to(latent.dtype)
+
+
+# ----------------------------------------------------------------------------- BDIA
+def bdia_coefficients(step: GridStep, previous: GridStep, gamma: float) -> tuple[float, float]:
+    """(c_x, c_eps) of the BDIA-DDIM update z_{k+1} = gamma z_{k-1} + c_x z_k + c_eps eps(z_k) at step k >= 1.
+
+    z_k is the model's input at t_k. The paper (Zhang, Lewis & Kleijn, arXiv 2307.10829), indices
+    counting down to the data, writes z_{i-1} = z_{i+1} - (1 - gamma)(z_{i+1} - z_i) - gamma D(t_i -> t_{i+1} | z_i)
+    + D(t_i -> t_{i-1} | z_i), D the DDIM increment T(z, eps) - z. Here the backward increment goes from
+    abar_k back to abar_{k-1} (where the model read z_{k-1}), the forward one to abar'_k; collected,
+    c_x = a_f - gamma a_b and c_eps = b_f - gamma b_b. gamma = 0 is the DDIM step.
+    """
+    a_forward, b_forward = transfer(step.alpha, step.alpha_to)
+    a_backward, b_backward = transfer(step.alpha, previous.alpha)
+    return a_forward - gamma * a_backward, b_forward - gamma * b_backward
+
+
+def bdia_invert(
+    denoiser: Denoiser, sample: torch.Tensor, steps: tuple[GridStep, ...], gamma: float, iterations: int, progress: bool
+) -> BDIALatent:
+    """z_N = x_0; z_{N-1} by the (approximate) DDIM inverse of the last step, then for k = N-1 ... 1 the
+    exact inverse z_{k-1} = (z_{k+1} - c_x z_k - c_eps eps(z_k)) / gamma (N model calls, plus ``iterations``)."""
+    denoiser = denoiser.with_dtype(sample.dtype)
+    later = sample.to(state_dtype(sample))
+    current = ddim_inverse_step(denoiser, later, steps[-1], iterations)
+    for k in progress_iter(range(len(steps) - 1, 0, -1), progress, "BDIA inversion"):
+        c_x, c_eps = bdia_coefficients(steps[k], steps[k - 1], gamma)
+        later, current = current, (later - (c_x * current + c_eps * denoiser(current, steps[k]))) / gamma
+    return BDIALatent(current, later, steps, gamma, sample.dtype)
+
+
+def bdia_sample(denoiser: Denoiser, latent: BDIALatent, progress: bool) -> torch.Tensor:
+    """z_{k+1} = gamma z_{k-1} + c_x z_k + c_eps eps(z_k) for k = 1 ... N-1, from (z_0, z_1) = the latent."""
+    denoiser = denoiser.with_dtype(latent.dtype)
+    work = state_dtype(latent.x_T)
+    earlier, current = latent.x_T.to(work), latent.x_next.to(work)
+    steps = latent.steps
+    for k in progress_iter(range(1, len(steps)), progress, "BDIA sampling"):
+        c_x, c_eps = bdia_coefficients(steps[k], steps[k - 1], latent.gamma)
+        earlier, current = current, latent.gamma * earlier + (c_x * current + c_eps * denoiser(current, steps[k]))
+    return current.to(latent.dtype)
+
+
+# ----------------------------------------------------------------------------- sampling
+def sample_exact(
+    model: Model,
+    scheduler: DDIMStepping,
+    start: EDICTLatent | BDIALatent | torch.Tensor,
+    *,
+    method: str | None = None,
+    num_inference_steps: int | None = None,
+    timesteps: Timesteps = None,
+    p: float | None = None,
+    gamma: float | None = None,
+    guidance_scale: float = 1.0,
+    unconditional_model: Model | None = None,
+    guidance_rescale: float = 0.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample x_0 with EDICT's or BDIA's invertible updates, from a latent of ``ddim.invert`` or from noise.
+
+    Args:
+        start: an :class:`EDICTLatent` / :class:`BDIALatent` (its method, steps and p / gamma are used:
+            leave ``method``, ``num_inference_steps``, ``timesteps``, ``p`` and ``gamma`` unset); or a
+            tensor x_T, with ``method`` "edict" (both chains start at x_T) or "bdia" (the first step is
+            the DDIM step), the grid ``num_inference_steps`` (default 50) or ``timesteps``, and ``p``
+            (default 0.93) or ``gamma`` (default 1; 0 is plain DDIM).
+        guidance_scale / unconditional_model / guidance_rescale: classifier-free guidance, as in ``ddim.sample``.
+        progress: a tqdm bar over the steps (if tqdm is installed).
+
+    Sampling a latent with the guidance it was inverted with returns the inverted x_0 up to rounding.
+    ``clip_sample`` and ``thresholding`` are not applied (the updates are not the scheduler's step).
+    """
+    denoiser = make_denoiser(model, scheduler, guidance_scale, unconditional_model, guidance_rescale)
+    if isinstance(start, (EDICTLatent, BDIALatent)):
+        given = {"method": method, "num_inference_steps": num_inference_steps, "timesteps": timesteps, "p": p}
+        given["gamma"] = gamma
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise ArgumentValueError(
+                f"{', '.join(extra)} must be left unset when start is a {type(start).__name__}: the latent "
+                "fixes the method, the grid and its parameter"
+            )
+        latent = start
+    elif isinstance(start, torch.Tensor):
+        latent = latent_from_noise(denoiser, scheduler, start, method, num_inference_steps, timesteps, p, gamma)
+    else:
+        raise ArgumentTypeError(
+            f"start must be an EDICTLatent, a BDIALatent or a tensor x_T, got {type(start).__name__}"
+        )
+    with torch.no_grad():
+        if isinstance(latent, EDICTLatent):
+            return edict_sample(denoiser, latent, progress)
+        return bdia_sample(denoiser, latent, progress)
+
+
+def latent_from_noise(
+    denoiser: Denoiser,
+    scheduler: DDIMStepping,
+    noise: torch.Tensor,
+    method: str | None,
+    num_inference_steps: int | None,
+    timesteps: Timesteps,
+    p: float | None,
+    gamma: float | None,
+) -> EDICTLatent | BDIALatent:
+    """The latent that sampling from fresh noise x_T starts at (BDIA: after one DDIM step, one model call)."""
+    if method is None:
+        raise ArgumentValueError("method must be 'edict' or 'bdia' when start is a tensor x_T; got method=None")
+    check_str_choice("method", method, EXACT_METHODS)
+    check_floating("start", noise)
+    if (method == "edict" and gamma is not None) or (method == "bdia" and p is not None):
+        raise ArgumentValueError(f"method={method!r} does not take {'gamma' if method == 'edict' else 'p'}")
+    if num_inference_steps is None and timesteps is None:
+        num_inference_steps = 50
+    steps = grid_steps(scheduler, num_inference_steps, timesteps)
+    check_exact_grid(steps)
+    x_T = noise.to(state_dtype(noise))
+    if method == "edict":
+        return EDICTLatent(x_T, x_T, steps, EDICT_P if p is None else p, noise.dtype)
+    with torch.no_grad():
+        a, b = transfer(steps[0].alpha, steps[0].alpha_to)
+        x_next = a * x_T + b * denoiser.with_dtype(noise.dtype)(x_T, steps[0])
+    return BDIALatent(x_T, x_next, steps, BDIA_GAMMA if gamma is None else gamma, noise.dtype)
