@@ -45,7 +45,7 @@ else
 fi
 
 echo "== 1. CUDA tests"
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/library/test_fused_update.py tests/library/test_graphs.py tests/library/test_precision.py \
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/library/test_fused_update.py tests/library/test_graphs.py tests/library/test_logprob.py tests/library/test_gradients.py tests/library/test_precision.py \
     tests/library/test_no_sync.py tests/library/test_update_helpers.py -rfE --tb=short -k "cuda or graph or sync or host" 2>&1 | tee "$OUT/tests.log" | tail -40
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 

@@ -13,7 +13,7 @@ Precision: the chains are carried in float64 (float32 on MPS, which has no float
 called with them cast to the sample's dtype. Inversion and sampling then feed the model the same
 values, and the round trip is exact to float64 rounding, even for a float32 or float16 model. Float32
 chains would not be: the sampler amplifies rounding (on the digits model a 1e-7 change of x_T moves
-x_0 by ~1e-5). The papers' code runs Stable Diffusion in float64 for the same reason.
+x_0 by ~1e-5). The EDICT authors' code, which BDIA's editing code builds on, runs in float64 too.
 """
 
 from __future__ import annotations
@@ -172,11 +172,14 @@ def edict_sample(denoiser: Denoiser, latent: EDICTLatent, progress: bool) -> tor
 def bdia_coefficients(step: GridStep, previous: GridStep, gamma: float) -> tuple[float, float]:
     """(c_x, c_eps) of the BDIA-DDIM update z_{k+1} = gamma z_{k-1} + c_x z_k + c_eps eps(z_k) at step k >= 1.
 
-    z_k is the model's input at t_k. The paper (Zhang, Lewis & Kleijn, arXiv 2307.10829), indices
-    counting down to the data, writes z_{i-1} = z_{i+1} - (1 - gamma)(z_{i+1} - z_i) - gamma D(t_i -> t_{i+1} | z_i)
-    + D(t_i -> t_{i-1} | z_i), D the DDIM increment T(z, eps) - z. Here the backward increment goes from
-    abar_k back to abar_{k-1} (where the model read z_{k-1}), the forward one to abar'_k; collected,
-    c_x = a_f - gamma a_b and c_eps = b_f - gamma b_b. gamma = 0 is the DDIM step.
+    z_k is the model's input at t_k. BDIA-DDIM (Zhang, Lewis & Kleijn, arXiv 2307.10829, as in the
+    authors' code), with indices counting down to the data::
+
+        z_{i-1} = z_{i+1} - (1 - gamma)(z_{i+1} - z_i) - gamma D(t_i -> t_{i+1} | z_i) + D(t_i -> t_{i-1} | z_i)
+
+    D is the DDIM increment T(z, eps) - z. Here the backward increment goes from abar_k back to abar_{k-1}
+    (where the model read z_{k-1}), the forward one to abar'_k; collected, c_x = a_f - gamma a_b and
+    c_eps = b_f - gamma b_b. gamma = 0 is the DDIM step.
     """
     a_forward, b_forward = transfer(step.alpha, step.alpha_to)
     a_backward, b_backward = transfer(step.alpha, previous.alpha)

@@ -176,16 +176,17 @@ def invert(
     check_bool("return_trajectory", return_trajectory)
     check_floating("sample", sample)
     check_method_options(method, iterations, p, gamma, return_trajectory)
+    if method == "edict":
+        weight = check_real("p", EDICT_P if p is None else p, 0.0, 1.0, open_minimum=True)
+    elif method == "bdia":
+        weight = check_real("gamma", BDIA_GAMMA if gamma is None else gamma, 0.0, 1.0, open_minimum=True)
     denoiser = make_denoiser(model, scheduler, guidance_scale, unconditional_model, guidance_rescale)
     steps = grid_steps(scheduler, num_inference_steps, timesteps)
     with torch.no_grad():
-        if method == "edict":
+        if method != "ddim":
             check_exact_grid(steps)
-            weight = check_real("p", EDICT_P if p is None else p, 0.0, 1.0, open_minimum=True)
-            return edict_invert(denoiser, sample, steps, weight, progress)
-        if method == "bdia":
-            check_exact_grid(steps)
-            weight = check_real("gamma", BDIA_GAMMA if gamma is None else gamma, 0.0, 1.0, open_minimum=True)
+            if method == "edict":
+                return edict_invert(denoiser, sample, steps, weight, progress)
             return bdia_invert(denoiser, sample, steps, weight, iterations, progress)
         x = sample
         trajectory = [x]

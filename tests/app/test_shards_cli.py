@@ -85,7 +85,7 @@ def test_readme_scale_out_examples_run(tmp_path: Path, monkeypatch: pytest.Monke
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("<!-- example:scale-out") : readme.index("<!-- /example:scale-out")]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert len(blocks) == 2
+    assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})

@@ -115,3 +115,17 @@ def test_the_loop_backpropagates_on_request() -> None:
     assert not plain.requires_grad  # the default loop runs under no_grad
     with pytest.raises(TypeError, match="differentiable must be a bool"):
         ddim.sample(mixture, scheduler, noise=noise, differentiable="yes", progress=False)  # type: ignore[call-overload]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and Triton")
+def test_cuda_gradients_through_the_fused_kernel_equal_the_cpu_ones() -> None:
+    pytest.importorskip("triton")
+    scheduler = ready("epsilon", "clip")
+    grads = []
+    for device in ("cuda", "cpu"):
+        x, m, z = (t.float().to(device).requires_grad_(True) for t in tensors(seed=3))
+        out = scheduler.step(m, torch.tensor([901, 501, 101], device=device), x, eta=0.5, variance_noise=z)
+        out.prev_sample.square().sum().backward()
+        grads.append([g.cpu() for g in (x.grad, m.grad, z.grad)])
+    for cuda_grad, cpu_grad in zip(*grads, strict=True):
+        torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-5, atol=1e-5)

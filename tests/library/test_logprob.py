@@ -278,3 +278,23 @@ def test_property_drawn_samples_score_as_the_standard_normal_they_came_from(
     )
     expected = -(z**2) / 2 - math.log(sigma) - 0.5 * math.log(2 * math.pi)
     torch.testing.assert_close(log_prob, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks the absence of device syncs directly")
+def test_cuda_log_prob_with_device_timesteps_never_syncs() -> None:
+    scheduler, _ = pair({"clip_sample": True}, 10, widen=False)
+    x, m = (t.float().cuda() for t in inputs(torch.float64, 9))
+    scored = x + 0.1 * m
+    timesteps = torch.tensor([901, 501, 101], device="cuda")
+    ddim_step_with_logprob(scheduler, m, timesteps, x, 1.0, prev_sample=scored)  # uploads the tables
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _, log_prob = ddim_step_with_logprob(scheduler, m.requires_grad_(True), timesteps, x, 1.0, prev_sample=scored)
+        log_prob.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    _, expected = ddim_step_with_logprob(
+        scheduler, m.detach().cpu(), torch.tensor([901, 501, 101]), x.cpu(), 1.0, prev_sample=scored.cpu()
+    )
+    torch.testing.assert_close(log_prob.detach().cpu(), expected, rtol=1e-5, atol=1e-5)
