@@ -71,7 +71,7 @@ def test_a_second_job_is_refused_at_once_and_the_first_finishes_intact(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    job = script("job", str(out), "20", "0.5")  # about 10 s
+    job = script("job", str(out), "20", "1.0")  # about 20 s: still running when the second job is refused
     wait_for_lock(out, job)
     started = time.monotonic()
     with pytest.raises(DirectoryInUseError, match=f"{out} is in use by pid {job.pid} on {socket.gethostname()} since"):

@@ -158,21 +158,36 @@ class LoadedModel:
     description: str
 
 
-def load_model(path: Path | None, device: str) -> LoadedModel:
-    """The embedded digits model, a safetensors digits UNet, or a local diffusers pipeline folder."""
+def load_model(path: Path | None, device: str, conditional: bool = False) -> LoadedModel:
+    """The embedded digits model, a safetensors digits UNet, or a local diffusers pipeline folder.
+
+    ``conditional=True`` (``ddim sample --digit``): the embedded class-conditional model, or a
+    conditional digits UNet at ``path``; its ``model`` is then called as ``model(x_t, t, labels)``.
+    A conditional file where an unconditional model is needed, or the reverse, is a ``UsageError``.
+    """
     from ddim.app import digits
 
     torch_device = check_device(device)
     if path is None:
-        unet, scheduler = digits.load_pretrained(torch_device)
-        return LoadedModel(unet, scheduler, (1, 8, 8), "embedded digits model")
+        unet, scheduler = digits.load_pretrained(torch_device, conditional=conditional)
+        name = "embedded class-conditional digits model" if conditional else "embedded digits model"
+        return LoadedModel(unet, scheduler, (1, 8, 8), name)
     if path.is_dir():
+        if conditional:
+            raise UsageError(f"--model {str(path)!r}: --digit needs a class-conditional digits UNet (.safetensors)")
         return load_diffusers_pipeline(path, torch_device)
     try:
         unet, scheduler = digits.load_model(path, device=torch_device)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    return LoadedModel(unet, scheduler, (1, 8, 8), f"digits UNet {path}")
+    if conditional and not unet.config.num_classes:
+        raise UsageError(f"--model {str(path)!r} is an unconditional digits UNet; --digit needs a conditional one")
+    if not conditional and unet.config.num_classes:
+        raise UsageError(
+            f"--model {str(path)!r} is a class-conditional digits UNet; sample it with `ddim sample --digit`"
+        )
+    kind = "class-conditional digits UNet" if conditional else "digits UNet"
+    return LoadedModel(unet, scheduler, (1, 8, 8), f"{kind} {path}")
 
 
 @contextmanager

@@ -1,7 +1,10 @@
-"""``ddim train``: train the digits UNet (defaults reproduce the shipped weights)
+"""``ddim train``: train the digits UNet (defaults reproduce the shipped weights; --conditional the conditional ones)
 
 Train the epsilon-prediction digits UNet on the training split (seeded, EMA weights); writes OUTPUT
-(safetensors) and a same-stem .json config, loadable with `ddim sample --model OUTPUT`.
+(safetensors) and a same-stem .json config, loadable with `ddim sample --model OUTPUT`. With --conditional,
+the class-conditional v-prediction UNet on Stable Diffusion's schedule rescaled to zero terminal SNR
+(labels dropped to the null label with probability 0.1), loadable with `ddim sample --digit D --model OUTPUT`;
+--no-zero-snr trains its control (the same without the rescale).
 """
 
 from __future__ import annotations
@@ -11,17 +14,29 @@ from pathlib import Path
 from typing import Any
 
 from ddim.app.cli import common
+from ddim.app.digits.conditional_training import ConditionalTrainConfig, train_conditional
 from ddim.app.digits.training import TrainConfig, save_model, train
 from ddim.app.digits.unet import MAX_CHANNELS, DigitsUNet, UNetConfig
 from ddim.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = TrainConfig()
+    defaults, conditional = TrainConfig(), ConditionalTrainConfig()
     groups = UNetConfig().groups
     parser = common.add_command(subparsers, __doc__, run)
-    parser.add_argument("-o", "--output", type=Path, default=Path("digits_unet.safetensors"), help="weights file")
-    parser.add_argument("--steps", type=common.positive_int, default=defaults.steps, help=f"default: {defaults.steps}")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="weights file (default: digits_unet.safetensors; --conditional: digits_unet_conditional.safetensors)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=common.positive_int,
+        default=None,
+        help=f"default: {defaults.steps}; --conditional: {conditional.steps}",
+    )
     parser.add_argument("--batch-size", type=common.positive_int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=common.positive_float, default=defaults.learning_rate)
     parser.add_argument("--warmup-steps", type=common.non_negative_int, default=defaults.warmup_steps)
@@ -29,11 +44,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--channels",
         type=lambda text: common.parse_int_in(text, 1, MAX_CHANNELS),
-        default=defaults.channels,
-        help=f"UNet width, a multiple of {groups} up to {MAX_CHANNELS} (default: {defaults.channels})",
+        default=None,
+        help=f"UNet width, a multiple of {groups} up to {MAX_CHANNELS} (default: {defaults.channels}; "
+        f"--conditional: {conditional.channels})",
     )
     parser.add_argument("--seed", type=common.seed_int, default=defaults.seed)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    parser.add_argument(
+        "--conditional",
+        action="store_true",
+        help="train the class-conditional v-prediction model (zero terminal SNR; defaults reproduce the shipped one)",
+    )
+    parser.add_argument(
+        "--no-zero-snr",
+        dest="zero_snr",
+        action="store_false",
+        help="with --conditional: the control model, Stable Diffusion's schedule without the zero-SNR rescale",
+    )
 
 
 def write_model(model: DigitsUNet, model_config: dict[str, Any], weights: Path) -> None:
@@ -47,21 +74,29 @@ def write_model(model: DigitsUNet, model_config: dict[str, Any], weights: Path) 
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.zero_snr and not args.conditional:
+        raise common.UsageError("--no-zero-snr needs --conditional (the unconditional model has its own schedule)")
+    defaults = ConditionalTrainConfig() if args.conditional else TrainConfig()
+    if args.output is None:
+        args.output = Path("digits_unet_conditional.safetensors" if args.conditional else "digits_unet.safetensors")
     common.check_output_path(args.output)
     if args.output.suffix != ".safetensors":
         raise common.UsageError(f"--output {str(args.output)!r} must end in .safetensors")
     groups = UNetConfig().groups
-    if args.channels % groups:
-        raise common.UsageError(f"--channels {args.channels} must be a multiple of {groups} (the UNet's groups)")
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_steps=min(args.warmup_steps, args.steps),
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        channels=args.channels,
-    )
+    steps = defaults.steps if args.steps is None else args.steps
+    channels = defaults.channels if args.channels is None else args.channels
+    if channels % groups:
+        raise common.UsageError(f"--channels {channels} must be a multiple of {groups} (the UNet's groups)")
+    values: dict[str, Any] = {
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "warmup_steps": min(args.warmup_steps, steps),
+        "ema_decay": args.ema_decay,
+        "seed": args.seed,
+        "channels": channels,
+    }
+    config = ConditionalTrainConfig(**values, zero_snr=args.zero_snr) if args.conditional else TrainConfig(**values)
     bar = Progress(config.steps, "ddim train", "step", args.progress)
 
     def report(step: int, loss: float) -> None:
@@ -71,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
 
     with common.timed() as elapsed:
         try:
-            model, model_config = train(config, report)
+            if isinstance(config, ConditionalTrainConfig):
+                model, model_config = train_conditional(config, report)
+            else:
+                model, model_config = train(config, report)
         finally:
             bar.close()
         folder = args.output.parent if str(args.output.parent) else Path(".")

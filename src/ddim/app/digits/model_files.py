@@ -1,7 +1,9 @@
 """The embedded digits model's files: safetensors weights and the JSON config beside them.
 
 The shipped weights (``ddim/app/digits/weights/digits_unet.safetensors``, EMA weights) and their
-config (``digits_unet.json``: architecture and scheduler config) load through :func:`load_pretrained`.
+config (``digits_unet.json``: architecture and scheduler config) load through :func:`load_pretrained`;
+so do the class-conditional model's (``digits_unet_conditional.safetensors`` and ``.json``,
+``load_pretrained(conditional=True)``).
 Weights are only ever read with safetensors; pickle files are refused, never unpickled.
 """
 
@@ -20,10 +22,12 @@ import torch
 
 from ddim.app.digits.unet import DigitsUNet, UNetConfig
 from ddim.scheduler import DDIMScheduler
-from ddim.validation import ARGUMENT_ERRORS, ArgumentTypeError, ArgumentValueError, check_int
+from ddim.validation import ARGUMENT_ERRORS, ArgumentTypeError, ArgumentValueError, check_bool, check_int
 
 WEIGHTS_NAME = "digits_unet.safetensors"
 CONFIG_NAME = "digits_unet.json"
+CONDITIONAL_WEIGHTS_NAME = "digits_unet_conditional.safetensors"
+CONDITIONAL_CONFIG_NAME = "digits_unet_conditional.json"
 #: Largest JSON header of a safetensors file (the limit of the safetensors format itself).
 MAX_HEADER_BYTES = 100_000_000
 #: Largest ``num_train_timesteps`` of a model config: the schedule tables are a few tensors of length T,
@@ -198,10 +202,20 @@ def load_model(
     return model.to(device), scheduler
 
 
-def load_pretrained(device: str | torch.device = "cpu") -> tuple[DigitsUNet, DDIMScheduler]:
-    """The embedded digits model (EMA weights, eval mode) and the scheduler configured for it.
+def load_pretrained(
+    device: str | torch.device = "cpu", *, conditional: bool = False
+) -> tuple[DigitsUNet, DDIMScheduler]:
+    """An embedded digits model (EMA weights, eval mode) and the scheduler configured for it.
 
-    The scheduler has ``clip_sample=False``: clipping x_0 while stepping with the unclipped epsilon
-    (diffusers' default) degrades deterministic sampling as the number of steps grows (see README).
+    By default the unconditional epsilon-prediction model, called as ``model(x_t, t)``; its scheduler
+    has ``clip_sample=False``: clipping x_0 while stepping with the unclipped epsilon (diffusers'
+    default) degrades deterministic sampling as the number of steps grows (see README).
+
+    ``conditional=True``: the class-conditional v-prediction model, called as ``model(x_t, t, labels)``
+    (digits 0-9, 10 the null label), with its zero-terminal-SNR, trailing-spacing scheduler; sample it
+    with :func:`ddim.app.digits.conditional.sample_digits` (classifier-free guidance).
     """
+    check_bool("conditional", conditional)
+    if conditional:
+        return load_model(weights_dir() / CONDITIONAL_WEIGHTS_NAME, weights_dir() / CONDITIONAL_CONFIG_NAME, device)
     return load_model(weights_dir() / WEIGHTS_NAME, weights_dir() / CONFIG_NAME, device)

@@ -98,7 +98,7 @@ def train(
         if progress is not None:
             progress(step, float(loss.detach()))
     model_config = {
-        "unet": asdict(unet_config),
+        "unet": unet_config.to_dict(),
         "scheduler": dict(SAMPLING_SCHEDULER_CONFIG),
         "training": asdict(config),
         "data": "sklearn.datasets.load_digits, training split of ddim.app.digits.load_digits_split, x = v / 8 - 1",
