@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import torch
 import torch._dynamo
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ddim
 from ddim.noise import randn_like_diffusers
@@ -109,3 +111,30 @@ def test_mismatched_shapes_and_values_name_the_argument(timestep: torch.Tensor, 
     if "contains" not in fragment:
         with pytest.raises(ValueError, match="timesteps"):
             scheduler.add_noise(x, m, timestep)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    frames=st.integers(1, 3),
+    eta=st.sampled_from([0.0, 0.8]),
+    prediction_type=st.sampled_from(["epsilon", "sample", "v_prediction"]),
+    seed=st.integers(0, 1000),
+)
+def test_property_any_leading_shape_equals_stepping_each_slice(
+    batch: int, frames: int, eta: float, prediction_type: str, seed: int
+) -> None:
+    scheduler = ready(prediction_type=prediction_type, clip_sample=seed % 2 == 0)
+    gen = torch.Generator().manual_seed(seed)
+    x, m, z = (torch.randn(batch, frames, 3, generator=gen, dtype=torch.float64) for _ in range(3))
+    grid = scheduler.timesteps
+    timesteps = grid[torch.randint(0, len(grid), (batch, frames), generator=gen)]
+    out = scheduler.step(m, timesteps, x, eta=eta, variance_noise=z)
+    noisy = scheduler.add_noise(x, z, timesteps)
+    assert torch.isfinite(out.prev_sample).all()
+    for i in range(batch):
+        for j in range(frames):
+            t = int(timesteps[i, j])
+            alone = scheduler.step(m[i, j], t, x[i, j], eta=eta, variance_noise=z[i, j])
+            torch.testing.assert_close(out.prev_sample[i, j], alone.prev_sample, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(noisy[i, j], scheduler.add_noise(x[i, j], z[i, j], t), rtol=0, atol=0)
