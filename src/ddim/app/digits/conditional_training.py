@@ -22,7 +22,7 @@ import torch
 
 from ddim.app.digits.conditional import NULL_LABEL, NUM_LABELS, scheduler_config
 from ddim.app.digits.data import load_digits_split
-from ddim.app.digits.training import TrainConfig, learning_rate_at, save_model, update_ema
+from ddim.app.digits.training import TrainConfig, optimization_step, save_model
 from ddim.app.digits.unet import DigitsUNet, UNetConfig
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import check_bool, check_int, check_real
@@ -82,14 +82,7 @@ def train_conditional(
         noise = torch.randn(x0.shape, generator=generator)
         target = scheduler.get_velocity(x0, noise, t)
         loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(x0, noise, t), t, labels), target)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_ema(ema, model, config.ema_decay)
-        if progress is not None:
-            progress(step, float(loss.detach()))
+        optimization_step(model, ema, optimizer, loss, step, config, progress)
     model_config = {
         "unet": unet_config.to_dict(),
         "scheduler": schedule,

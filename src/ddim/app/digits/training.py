@@ -89,14 +89,7 @@ def train(
         t = torch.randint(0, total, (config.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(x0, noise, t), t), noise)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_ema(ema, model, config.ema_decay)
-        if progress is not None:
-            progress(step, float(loss.detach()))
+        optimization_step(model, ema, optimizer, loss, step, config, progress)
     model_config = {
         "unet": unet_config.to_dict(),
         "scheduler": dict(SAMPLING_SCHEDULER_CONFIG),
@@ -104,6 +97,26 @@ def train(
         "data": "sklearn.datasets.load_digits, training split of ddim.app.digits.load_digits_split, x = v / 8 - 1",
     }
     return ema.eval(), model_config
+
+
+def optimization_step(
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    step: int,
+    config: TrainConfig,
+    progress: Callable[[int, float], None] | None,
+) -> None:
+    """One AdamW step on ``loss`` at the scheduled learning rate, then the EMA update and the progress report."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate_at(step, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    update_ema(ema, model, config.ema_decay)
+    if progress is not None:
+        progress(step, float(loss.detach()))
 
 
 def save_model(model: DigitsUNet, model_config: dict[str, Any], weights_path: str | Path) -> tuple[Path, Path]:
