@@ -19,12 +19,11 @@ from typing import Literal
 
 import torch
 
-from ddim.coefficients import schedule_pairs
 from ddim.noise import Generator, randn_like_diffusers
 from ddim.step_tables import check_eta
 from ddim.stepping import DDIMStepping
 from ddim.tensor_checks import Timestep, check_floating, check_step_tensors
-from ddim.update import std_coefficient, torch_update
+from ddim.update import coefficient_rows, std_coefficient, torch_update
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_bool, check_str_choice
 
 Reduction = Literal["mean", "sum", "none"]
@@ -87,6 +86,9 @@ def ddim_step_with_logprob(
     pairs = _clamped_pairs(scheduler) if clamp_prev_timestep else "pairs"
     transform = scheduler._x0_transform()
     coefficients, terms = scheduler._coefficients(timestep, sample, eta, use_clipped_model_output, transform, pairs)
+    rows = coefficient_rows(coefficients, sample)  # device rows gathered once, for the mean and for sigma
+    if rows is not None:
+        coefficients = rows
     mean, _ = torch_update(sample, model_output, coefficients, terms, transform, None)
     std = std_coefficient(coefficients, sample)
     if not isinstance(std, torch.Tensor) and std <= 0.0:
@@ -110,8 +112,7 @@ def ddim_step_with_logprob(
 
 def _clamped_pairs(scheduler: DDIMStepping) -> str:
     """Install (once per grid) the alpha pairs of DDPO's landing, clamp(prev, 0, T - 1); return the table name."""
-    key = (CLAMPED_PAIRS, torch.device("cpu"))
-    if key not in scheduler._tables:
-        prev = scheduler._prev_timesteps.clamp(0, len(scheduler.alphas_cumprod) - 1)
-        scheduler._tables[key] = schedule_pairs(scheduler.alphas_cumprod, prev, float(scheduler.final_alpha_cumprod))
-    return CLAMPED_PAIRS
+    if (CLAMPED_PAIRS, torch.device("cpu")) in scheduler._tables:
+        return CLAMPED_PAIRS
+    prev = scheduler._prev_timesteps.clamp(0, len(scheduler.alphas_cumprod) - 1)
+    return scheduler.store_pairs(CLAMPED_PAIRS, scheduler.step_pairs(prev))

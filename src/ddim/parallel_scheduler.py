@@ -42,9 +42,7 @@ class ParallelStepping(DDIMStepping):
         """The step's grid and tables, and the alpha pairs of the batched step."""
         super().install_grid(grid, prev_timesteps, num_inference_steps, device)
         pairs = schedule_pairs(self.alphas_cumprod, self._prev_timesteps, self._batch_final_alpha())
-        self._tables[(BATCH_PAIRS, torch.device("cpu"))] = pairs
-        if device is not None:
-            self._tables[(BATCH_PAIRS, torch.device(device))] = pairs.to(device)
+        self.store_pairs(BATCH_PAIRS, pairs, device)
 
     def batch_step_no_noise(
         self,

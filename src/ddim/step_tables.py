@@ -62,10 +62,15 @@ class StepTables:
         self.timesteps = torch.from_numpy(grid.copy()).to(device)
         self._prev_timesteps = torch.from_numpy(np.asarray(prev_timesteps, dtype=np.int64).copy())
         self._tables = {}
-        pairs = self.step_pairs(self._prev_timesteps)
-        self._tables[("pairs", torch.device("cpu"))] = pairs
+        self.store_pairs("pairs", self.step_pairs(self._prev_timesteps), device)
+
+    def store_pairs(self, name: str, pairs: torch.Tensor, device: str | torch.device | None = None) -> str:
+        """Keep a (T + 2, 2) alpha-pair table under ``name`` (on the CPU, and on ``device``) until the next
+        grid; :meth:`apply_step` steps from it when given that name. Returns ``name``."""
+        self._tables[(name, torch.device("cpu"))] = pairs
         if device is not None:
-            self._tables[("pairs", torch.device(device))] = pairs.to(device)
+            self._tables[(name, torch.device(device))] = pairs.to(device)
+        return name
 
     # ----------------------------------------------------------------- tables
     def _x0_transform(self) -> X0Transform:

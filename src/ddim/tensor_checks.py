@@ -15,55 +15,45 @@ INTEGER_DTYPES = frozenset(
 )
 
 
-def check_host_timestep(timestep: object, total: int) -> int:
-    """A Python or numpy integer timestep as an int in [0, total)."""
+def check_host_timestep(timestep: object, total: int, name: str = "timestep", negative: bool = False) -> int:
+    """A Python or numpy integer timestep as an int in [0, total), or below ``total`` when ``negative``."""
     if type(timestep) is int and 0 <= timestep < total:  # the common case first
         return timestep
     if not is_int(timestep):
-        raise type_error("timestep", timestep, "an int, a numpy integer or an integer tensor")
+        raise type_error(name, timestep, "an int, a numpy integer or an integer tensor")
     t = int(timestep)  # type: ignore[call-overload]
-    if not 0 <= t < total:
-        raise ArgumentValueError(
-            f"timestep={t} is out of range; allowed values are 0..{total - 1} (num_train_timesteps={total})"
-        )
+    if t >= total or (t < 0 and not negative):
+        raise ArgumentValueError(f"{name}={t} is out of range; {allowed_timesteps(total, negative)}")
     return t
 
 
-def check_timestep_values(timestep: torch.Tensor, total: int) -> None:
-    """``ValueError`` naming the first entry of a CPU timestep tensor outside [0, total) (reads it: CPU only)."""
+def check_timestep_values(timestep: torch.Tensor, total: int, name: str = "timestep", negative: bool = False) -> None:
+    """``ValueError`` naming the first entry of a CPU timestep tensor outside [0, total) (below ``total`` when
+    ``negative``); reads the tensor, so CPU only."""
     timestep = as_index(timestep)
-    bad = (timestep < 0) | (timestep >= total)
+    bad = timestep >= total if negative else (timestep < 0) | (timestep >= total)
     if bool(bad.any()):
         value = int(timestep[bad][0])
-        raise ArgumentValueError(
-            f"timestep contains {value}, out of range; allowed values are 0..{total - 1} (num_train_timesteps={total})"
-        )
+        raise ArgumentValueError(f"{name} contains {value}, out of range; {allowed_timesteps(total, negative)}")
+
+
+def allowed_timesteps(total: int, negative: bool = False) -> str:
+    """The allowed range of a timestep in the messages above (``negative``: a landing past timestep 0 too)."""
+    low = "any negative number (the final alpha) or 0" if negative else "0"
+    return f"allowed values are {low}..{total - 1} (num_train_timesteps={total})"
 
 
 def timestep_index(name: str, value: object, total: int, *, negative: bool = False) -> torch.Tensor:
     """A timestep (int or integer tensor of any shape) as an int64 tensor, checked to lie in [0, total), or
     below ``total`` when ``negative`` (a landing past timestep 0). A tensor on an accelerator is not read."""
-    if isinstance(value, torch.Tensor):
-        if value.dtype not in INTEGER_DTYPES:
-            raise ArgumentTypeError(f"{name} must be an integer tensor, got dtype {value.dtype}")
-        index = as_index(value)
-        if index.device.type == "cpu":
-            bad = (index >= total) | ((index < 0) if not negative else torch.zeros_like(index, dtype=torch.bool))
-            if bool(bad.any()):
-                value = int(index[bad][0])
-                raise ArgumentValueError(f"{name} contains {value}, out of range; {_allowed(total, negative)}")
-        return index
-    if not is_int(value):
-        raise type_error(name, value, "an int, a numpy integer or an integer tensor")
-    number = int(value)  # type: ignore[call-overload]
-    if number >= total or (number < 0 and not negative):
-        raise ArgumentValueError(f"{name}={number} is out of range; {_allowed(total, negative)}")
-    return torch.tensor(number, dtype=torch.int64)
-
-
-def _allowed(total: int, negative: bool) -> str:
-    low = "any negative number (the final alpha) or 0" if negative else "0"
-    return f"allowed values are {low}..{total - 1} (num_train_timesteps={total})"
+    if not isinstance(value, torch.Tensor):
+        return torch.tensor(check_host_timestep(value, total, name, negative), dtype=torch.int64)
+    if value.dtype not in INTEGER_DTYPES:
+        raise ArgumentTypeError(f"{name} must be an integer tensor, got dtype {value.dtype}")
+    index = as_index(value)
+    if index.device.type == "cpu":
+        check_timestep_values(index, total, name, negative)
+    return index
 
 
 def check_timestep_shape(name: str, timestep: torch.Tensor, like: torch.Tensor, *, any_row_shape: bool = False) -> None:

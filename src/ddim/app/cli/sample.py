@@ -146,6 +146,15 @@ def generate_samples(
     return torch.cat(batches)
 
 
+def load_for_grid(args: argparse.Namespace, conditional: bool) -> tuple[common.LoadedModel, DDIMScheduler, int]:
+    """The model of ``--model``, its scheduler with ``--spacing`` applied and ``--steps`` checked, and the PNG
+    upscale factor (``--scale``, or about 48 pixels a side)."""
+    loaded = common.load_model(args.model, args.device, conditional=conditional)
+    scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
+    common.check_steps(args.steps, scheduler)
+    return loaded, scheduler, args.scale or max(1, 48 // loaded.sample_shape[-2])
+
+
 def run(args: argparse.Namespace) -> int:
     common.check_device(args.device)
     digits = conditional_digits(args)
@@ -156,10 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return run_sharded(args)
     common.check_output_path(args.output)
     with common.timed() as elapsed:
-        loaded = common.load_model(args.model, args.device)
-        scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
-        common.check_steps(args.steps, scheduler)
-        scale = args.scale or max(1, 48 // loaded.sample_shape[-2])
+        loaded, scheduler, scale = load_for_grid(args, conditional=False)
         columns = math.ceil(math.sqrt(args.num_samples))
         lower = "--scale or -n (--out-dir writes any number of samples)"
         common.check_grid_size(args.num_samples, columns, loaded.sample_shape, scale, lower)
@@ -191,10 +197,7 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
     rescale = DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale
     common.check_output_path(args.output)
     with common.timed() as elapsed:
-        loaded = common.load_model(args.model, args.device, conditional=True)
-        scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
-        common.check_steps(args.steps, scheduler)
-        scale = args.scale or max(1, 48 // loaded.sample_shape[-2])
+        loaded, scheduler, scale = load_for_grid(args, conditional=True)
         columns = per_digit if len(digits) > 1 else math.ceil(math.sqrt(per_digit))
         common.check_grid_size(count, columns, loaded.sample_shape, scale, "--scale, -n or the number of digits")
         labels = torch.tensor(digits, dtype=torch.int64).repeat_interleave(per_digit)
