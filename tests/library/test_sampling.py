@@ -336,6 +336,8 @@ def readme_section_blocks() -> list[str]:
 def test_readme_examples_run() -> None:
     blocks = readme_section_blocks()
     assert len(blocks) >= 5
+    grids = (README.parent / "docs" / "grids.md").read_text(encoding="utf-8")
+    blocks += re.findall(r"```python\n(.*?)```", grids, flags=re.DOTALL)
     namespace: dict[str, object] = {}
     for block in blocks:  # blocks share one namespace, as when read top to bottom
         exec(compile(block, str(README), "exec"), namespace)

@@ -1,7 +1,8 @@
 """``ddim eval``: reproduce the paper's Table 1 (digits-FID against steps and eta) on the embedded model
 
 digits-FID for S in {10,20,50,100,1000} x eta in {0,0.2,0.5,1} (+ DDPM = eta 1 at S 1000); writes table1.json,
-table1.md and table1.png to --out-dir and prints the table.
+table1.md and table1.png to --out-dir and prints the table. With --recipe, the zero-terminal-SNR recipe on the
+conditional models instead (guidance sweep, ablation, brightness, DDIM against DDPM; recipe.md and plots).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from ddim.app import evaluation
-from ddim.app.cli import common
+from ddim.app.cli import common, eval_recipe
 from ddim.app.digits.fid import DigitsFID
 from ddim.app.seeding import SEED_LIMIT
 from ddim.progress import Progress
@@ -119,9 +120,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"an existing output folder (default: ./{DEFAULT_OUT_DIR}, created when missing)",
     )
     common.add_model_options(parser)
+    eval_recipe.add_recipe_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.recipe:
+        return eval_recipe.run_recipe(args)
+    for flag in ("parts", "per_digit", "control_model", "inverted_models", "report_only"):
+        if getattr(args, flag) not in (None, False):
+            raise common.UsageError(f"--{flag.replace('_', '-')} needs --recipe")
     common.check_device(args.device)
     out_dir = Path(DEFAULT_OUT_DIR) if args.out_dir is None else args.out_dir
     if args.out_dir is None and not out_dir.exists():

@@ -61,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="with --conditional: the control model, Stable Diffusion's schedule without the zero-SNR rescale",
     )
+    parser.add_argument(
+        "--random-inversion",
+        type=common.unit_interval_float,
+        default=0.0,
+        metavar="P",
+        help="with --conditional: negate each training digit with probability P in [0, 1) (black on white; "
+        "the brightness variant of the recipe evaluation; default 0)",
+    )
 
 
 def write_model(model: DigitsUNet, model_config: dict[str, Any], weights: Path) -> None:
@@ -76,6 +84,8 @@ def write_model(model: DigitsUNet, model_config: dict[str, Any], weights: Path) 
 def run(args: argparse.Namespace) -> int:
     if not args.zero_snr and not args.conditional:
         raise common.UsageError("--no-zero-snr needs --conditional (the unconditional model has its own schedule)")
+    if args.random_inversion and not args.conditional:
+        raise common.UsageError("--random-inversion needs --conditional")
     defaults = ConditionalTrainConfig() if args.conditional else TrainConfig()
     if args.output is None:
         args.output = Path("digits_unet_conditional.safetensors" if args.conditional else "digits_unet.safetensors")
@@ -96,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "channels": channels,
     }
-    config = ConditionalTrainConfig(**values, zero_snr=args.zero_snr) if args.conditional else TrainConfig(**values)
+    config = (
+        ConditionalTrainConfig(**values, zero_snr=args.zero_snr, random_inversion=args.random_inversion)
+        if args.conditional
+        else TrainConfig(**values)
+    )
     bar = Progress(config.steps, "ddim train", "step", args.progress)
 
     def report(step: int, loss: float) -> None:

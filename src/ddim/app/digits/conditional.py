@@ -100,12 +100,13 @@ def sample_digits(
     generator: Generator = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Samples (len(digits), 1, 8, 8) in [-1, 1]ish, row i of digit ``digits[i]``, with classifier-free guidance.
 
     ``guidance_scale`` s >= 0 (1: the conditional model alone, run without the null-label pass; 0: the
     unconditional one) and ``guidance_rescale`` phi in [0, 1] as in :func:`ddim.sample`; ``generator`` a
-    generator or one per row.
+    generator or one per row; ``noise`` a fixed x_T (len(digits), 1, 8, 8) instead of a drawn one.
     """
     labels = check_digits(digits)
     check_real("guidance_scale", guidance_scale, 0.0)
@@ -115,7 +116,8 @@ def sample_digits(
     return sample(
         conditional,
         scheduler,
-        (labels.shape[0], 1, 8, 8),
+        None if noise is not None else (labels.shape[0], 1, 8, 8),
+        noise=noise,
         num_inference_steps=steps,
         eta=eta,
         generator=generator,

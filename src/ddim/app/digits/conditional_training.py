@@ -6,9 +6,12 @@ Loss (Salimans & Ho, arXiv 2202.00512, sec. 4; classifier-free guidance, arXiv 2
     v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0   (``scheduler.get_velocity``),
 
 y the digit of x_0, replaced by the null label 10 with probability ``label_dropout`` (y'), t uniform on
-0..T-1. Schedule: 1000 ``scaled_linear`` betas 0.00085..0.012 (Stable Diffusion's), rescaled to zero
-terminal SNR (abar_{T-1} = 0, arXiv 2305.08891) unless ``zero_snr=False`` (the control model). Optimiser,
-learning-rate schedule and EMA as :mod:`ddim.app.digits.training`; seeded like it.
+0..T-1. With ``random_inversion`` p > 0, each drawn x_0 is replaced by -x_0 with probability p (white
+digits-on-black become black-on-white: a controlled variant of the data with very bright and very dark
+images, for the brightness comparison of arXiv 2305.08891). Schedule: 1000 ``scaled_linear`` betas
+0.00085..0.012 (Stable Diffusion's), rescaled to zero terminal SNR (abar_{T-1} = 0, arXiv 2305.08891)
+unless ``zero_snr=False`` (the control model). Optimiser, learning-rate schedule and EMA as
+:mod:`ddim.app.digits.training`; seeded like it.
 """
 
 from __future__ import annotations
@@ -40,18 +43,26 @@ class ConditionalTrainConfig(TrainConfig):
     time_dim: int = 128
     label_dropout: float = 0.1
     zero_snr: bool = True
+    random_inversion: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("time_dim", self.time_dim, minimum=2)
         check_real("label_dropout", self.label_dropout, 0.0, 1.0)
         check_bool("zero_snr", self.zero_snr)
+        check_real("random_inversion", self.random_inversion, 0.0, 1.0)
 
 
 def drop_labels(labels: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
     """``labels`` with each entry replaced by the null label with ``probability`` (one uniform draw per row)."""
     keep = torch.rand(labels.shape, generator=generator) >= probability
     return torch.where(keep, labels, torch.full_like(labels, NULL_LABEL))
+
+
+def invert_randomly(images: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """``images`` (N, 1, 8, 8) in [-1, 1] with each image negated with ``probability`` (one uniform draw per row)."""
+    flip = torch.rand((images.shape[0], 1, 1, 1), generator=generator) < probability
+    return torch.where(flip, -images, images)
 
 
 def train_conditional(
@@ -78,6 +89,8 @@ def train_conditional(
     for step in range(config.steps):
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
         x0, labels = data[index], drop_labels(targets[index], config.label_dropout, generator)
+        if config.random_inversion > 0:  # drawn only then: the default run's random stream is unchanged
+            x0 = invert_randomly(x0, config.random_inversion, generator)
         t = torch.randint(0, total, (config.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         target = scheduler.get_velocity(x0, noise, t)
@@ -88,7 +101,8 @@ def train_conditional(
         "scheduler": schedule,
         "training": asdict(config),
         "labels": f"digits 0-9; {NULL_LABEL} is the null label (dropped with probability {config.label_dropout})",
-        "data": "sklearn.datasets.load_digits, training split of ddim.app.digits.load_digits_split, x = v / 8 - 1",
+        "data": "sklearn.datasets.load_digits, training split of ddim.app.digits.load_digits_split, x = v / 8 - 1"
+        + (f", negated with probability {config.random_inversion}" if config.random_inversion > 0 else ""),
     }
     return ema.eval(), model_config
 
