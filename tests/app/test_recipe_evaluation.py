@@ -286,3 +286,18 @@ def test_the_guidance_picture_has_one_panel_per_setting_from_the_same_noise() ->
     unguided = module.panel(model, scheduler, noise, 1.0, 0.0, 3)
     strong = module.panel(model, scheduler, noise, 8.0, 0.0, 3)
     assert unguided.shape == (10, 8, 8) and not np.array_equal(unguided, strong)
+
+
+def test_an_epsilon_model_cannot_take_the_first_step_from_zero_snr_like_diffusers() -> None:
+    """Why the recipe needs v-prediction: at abar_999 = 0 the epsilon form of x_0 divides by sqrt(abar) = 0."""
+    diffusers = pytest.importorskip("diffusers")
+    config = {**scheduler_config(True), "prediction_type": "epsilon"}
+    ours, theirs = DDIMScheduler(**config), diffusers.DDIMScheduler(**config)
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(10)
+    x, eps = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    mine, reference = ours.step(eps, 999, x).pred_original_sample, theirs.step(eps, 999, x).pred_original_sample
+    assert not torch.isfinite(mine).any() and not torch.isfinite(reference).any()
+    v_config = DDIMScheduler(**scheduler_config(True))
+    v_config.set_timesteps(10)
+    assert torch.isfinite(v_config.step(eps, 999, x).pred_original_sample).all()  # x_0 = -v at abar = 0
