@@ -225,11 +225,3 @@ def ddpm_cells(per_digit: int) -> list[RecipeCell]:
     """DDIM (S = 50, eta 0) and DDPM (S = 1000, eta 1) on the zero-SNR model, conditional alone (s = 1)."""
     base = RecipeCell("zero_snr", guidance_scale=1.0, guidance_rescale=0.0, per_digit=per_digit)
     return [base, replace(base, steps=DDPM_STEPS, eta=1.0)]
-
-
-def find_cell(results: Sequence[RecipeResult], **fields: Any) -> RecipeResult | None:
-    """The first result whose cell has every given field value."""
-    for result in results:
-        if all(getattr(result.cell, k) == v for k, v in fields.items()):
-            return result
-    return None

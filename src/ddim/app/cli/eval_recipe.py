@@ -113,6 +113,8 @@ def run_part(
     """Every cell of one part, its floors, and (brightness) the data's brightness and each cell's distance to it."""
     started = time.perf_counter()
     cells = part_cells(part, args, models)
+    data = {name: brightness_reference(name, judge) for name in models}
+    references = {name: recipe.brightness_summary(values) for name, values in data.items()}
     results = []
     for cell in cells:
         result = recipe.run_recipe_cell(
@@ -120,24 +122,22 @@ def run_part(
         )
         entry = result.as_dict()
         if result.brightness:
-            reference = brightness_reference(cell.model, judge)
-            summary = recipe.brightness_summary(reference)
-            entry["brightness_w1"] = recipe.wasserstein(result.brightness, reference)
-            entry["brightness_extreme"] = recipe.extreme_fraction(result.brightness, summary)
+            entry["brightness_w1"] = recipe.wasserstein(result.brightness, data[cell.model])
+            entry["brightness_extreme"] = recipe.extreme_fraction(result.brightness, references[cell.model])
         results.append(entry)
     per_digit = cells[0].per_digit
-    references = {name: recipe.brightness_summary(brightness_reference(name, judge)) for name in models}
+    draws = per_digit * 10 * len(seeds)
     resampled_w1 = {
         name: [
             recipe.wasserstein(
-                brightness_reference(name, judge)[
-                    torch.randint(0, reference["count"], (per_digit * 10 * len(seeds),), generator=g)
+                values[
+                    torch.randint(0, values.shape[0], (draws,), generator=torch.Generator().manual_seed(seed))
                 ].tolist(),
-                brightness_reference(name, judge),
+                values,
             )
-            for g in [torch.Generator().manual_seed(seed) for seed in seeds]
+            for seed in seeds
         ]
-        for name, reference in references.items()
+        for name, values in data.items()
     }
     return {
         "part": part,
@@ -157,7 +157,7 @@ def run_recipe(args: argparse.Namespace) -> int:
     common.check_device(args.device)
     parts = [] if args.report_only else list(dict.fromkeys(args.parts or PARTS))
     check_recipe_args(args, parts)
-    out_dir = Path(common_out_dir(args))
+    out_dir = common_out_dir(args)
     seeds = list(range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds)))
     if parts:
         run_parts(args, parts, seeds, out_dir)

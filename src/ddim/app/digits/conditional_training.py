@@ -25,7 +25,7 @@ import torch
 
 from ddim.app.digits.conditional import NULL_LABEL, NUM_LABELS, scheduler_config
 from ddim.app.digits.data import load_digits_split
-from ddim.app.digits.training import TrainConfig, optimization_step, save_model
+from ddim.app.digits.training import TrainConfig, optimization_step, save_model, training_state
 from ddim.app.digits.unet import DigitsUNet, UNetConfig
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import check_bool, check_int, check_real
@@ -80,12 +80,7 @@ def train_conditional(
     scheduler = DDIMScheduler(**schedule)
     total = int(scheduler.config.num_train_timesteps)
     unet_config = UNetConfig(channels=config.channels, time_dim=config.time_dim, num_classes=NUM_LABELS)
-    model = DigitsUNet(unet_config)
-    ema = DigitsUNet(unet_config)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    model.train()
+    model, ema, optimizer = training_state(unet_config, config)
     for step in range(config.steps):
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
         x0, labels = data[index], drop_labels(targets[index], config.label_dropout, generator)

@@ -77,12 +77,7 @@ def train(
     scheduler = DDIMScheduler()
     total = int(scheduler.config.num_train_timesteps)
     unet_config = UNetConfig(channels=config.channels)
-    model = DigitsUNet(unet_config)
-    ema = DigitsUNet(unet_config)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    model.train()
+    model, ema, optimizer = training_state(unet_config, config)
     for step in range(config.steps):
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
         x0 = data[index]
@@ -97,6 +92,22 @@ def train(
         "data": "sklearn.datasets.load_digits, training split of ddim.app.digits.load_digits_split, x = v / 8 - 1",
     }
     return ema.eval(), model_config
+
+
+def training_state(
+    unet_config: UNetConfig, config: TrainConfig
+) -> tuple[DigitsUNet, DigitsUNet, torch.optim.Optimizer]:
+    """A fresh model in training mode, its EMA copy (equal weights, no gradients) and AdamW at the base rate.
+
+    Built in this order after ``torch.manual_seed``, so the seed fixes the initial weights.
+    """
+    model = DigitsUNet(unet_config)
+    ema = DigitsUNet(unet_config)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    model.train()
+    return model, ema, optimizer
 
 
 def optimization_step(
