@@ -21,7 +21,7 @@ from test_shards import CLI_SAMPLE, TinyNet, make_model, run, shard_digests
 
 from ddim.app.cli import main
 from ddim.app.shards import DirectoryInUseError, ProcessGroup, ShardError, verify_shards
-from ddim.app.shards.layout import LOCK_NAME
+from ddim.app.shards.layout import LOCK_NAME, MANIFEST_NAME
 from ddim.app.shards.lock import acquire_lock, check_lock, watch_lock
 from ddim.app.shards.processes import die_with_parent, wait_for_shards
 
@@ -100,6 +100,30 @@ def test_a_live_holder_is_refused_and_its_lock_is_taken_over_once_it_is_killed(t
     run(out, log=lines.append)
     assert any(f"pid {holder.pid} on" in line and "is stale" in line for line in lines)
     assert verify_shards(out).ok and not (out / LOCK_NAME).exists()
+
+
+def test_a_job_caught_writing_its_first_manifest_is_reported_as_in_use(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = script("hold", str(out))
+    wait_for_lock(out, holder)
+    (out / ".manifest.json.x1y2.tmp").write_bytes(b"{")  # the holder's manifest, half written: no manifest.json yet
+    try:
+        with pytest.raises(DirectoryInUseError, match=f"in use by pid {holder.pid}"):
+            run(out)
+        assert sorted(os.listdir(out)) == sorted([LOCK_NAME, ".manifest.json.x1y2.tmp"])
+    finally:
+        holder.kill()
+        holder.wait(timeout=TIMEOUT)
+
+
+def test_a_foreign_folder_with_a_stale_lock_is_still_refused_and_its_files_kept(tmp_path: Path) -> None:
+    out = tmp_path / "photos"
+    write_lock(out, dead_pid())
+    (out / "holiday.npz").write_bytes(b"precious")
+    with pytest.raises(ShardError, match=r"not empty and holds no manifest\.json"):
+        run(out)
+    assert (out / "holiday.npz").read_bytes() == b"precious" and not (out / MANIFEST_NAME).exists()
 
 
 def test_a_lock_of_another_host_is_never_taken_over(tmp_path: Path) -> None:

@@ -100,10 +100,13 @@ def prepare_directory(
     (``ShardError``, nothing touched) a path that is not a folder, a non-empty folder without a
     manifest, a folder that cannot be written, one locked by a running job, a damaged manifest and a
     manifest of another configuration. ``log`` gets one line per note (a stale lock taken over, strays).
+    A folder with a lock is checked for foreign files only once its lock is ours: its job may be
+    writing its first manifest, and a live job is reported as such (``DirectoryInUseError``).
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise ShardError(f"{str(out_dir)!r} exists and is not a directory")
-    _refuse_foreign(out_dir)
+    if not (out_dir / LOCK_NAME).exists():
+        _refuse_foreign(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = acquire_lock(out_dir, log)  # creating the lock file also shows that the folder can be written
