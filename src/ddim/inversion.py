@@ -26,6 +26,10 @@ from ddim.scheduler import DDIMScheduler
 from ddim.tensor_checks import check_floating
 from ddim.validation import ArgumentValueError, check_bool, check_int, check_real, check_str_choice
 
+#: The most fixed-point refinements per step: each costs a model call, and the iteration converges within a few
+#: (geometrically, when it converges at all), so a larger count asks for a run that never ends.
+MAX_FIXED_POINT_ITERATIONS = 1000
+
 InversionMethod = Literal["ddim", "edict", "bdia"]
 INVERSION_METHODS: tuple[str, ...] = get_args(InversionMethod)
 
@@ -155,7 +159,8 @@ def invert(
             step, BDIA and DDIM one.
         fixed_point_iterations: k > 0 re-solves each ``"ddim"`` step k times with eps from the model
             at the current x_t estimate (the fixed point is the exact inverse); with ``"bdia"`` it
-            refines the one approximate step, the last (from x_0). Not for ``"edict"``.
+            refines the one approximate step, the last (from x_0). Not for ``"edict"``. At most
+            :data:`MAX_FIXED_POINT_ITERATIONS` (1000).
         p: EDICT's mixing weight in (0, 1], default 0.93 (the paper's); ``"edict"`` only.
         gamma: BDIA's gamma in (0, 1], default 1 (the official code's for inversion); ``"bdia"`` only.
         guidance_scale / unconditional_model / guidance_rescale: classifier-free guidance as in
@@ -172,7 +177,9 @@ def invert(
             f"invert needs clip_sample=False and thresholding=False (clipping x_0 is not invertible); got "
             f"clip_sample={scheduler.config.clip_sample}, thresholding={scheduler.config.thresholding}"
         )
-    iterations = check_int("fixed_point_iterations", fixed_point_iterations, minimum=0)
+    iterations = check_int(
+        "fixed_point_iterations", fixed_point_iterations, minimum=0, maximum=MAX_FIXED_POINT_ITERATIONS
+    )
     check_bool("return_trajectory", return_trajectory)
     check_floating("sample", sample)
     check_method_options(method, iterations, p, gamma, return_trajectory)

@@ -103,6 +103,8 @@ def test_python_dash_m_ddim_runs(tmp_path: Path) -> None:
         (["sample", "--model", "does/not/exist.safetensors"], "does not exist"),
         (["invert", "--steps", "0"], "--steps: 0 is not allowed"),
         (["interpolate", "--frames", "0"], "--frames: 0 is not allowed"),
+        (["invert", "--fixed-point-iterations", "1001"], "--fixed-point-iterations: 1001 is not allowed"),
+        (["invert", "--fixed-point-iterations", "99999999999999999999"], "must be an integer in 0..1000"),
     ],
 )
 def test_user_errors_exit_2_with_a_message(

@@ -190,6 +190,10 @@ def test_invert_with_a_custom_grid_and_errors() -> None:
         ddim.invert(model, ddim.DDIMScheduler(), x0)
     with pytest.raises(ValueError, match="fixed_point_iterations=-1 is out of range"):
         ddim.invert(model, scheduler, x0, fixed_point_iterations=-1)
+    for too_many in (1001, 10**20):  # a count that would run for ever is refused before any model call
+        with pytest.raises(ValueError, match=f"fixed_point_iterations={too_many} is out of range.*0..1000"):
+            ddim.invert(model, scheduler, x0, fixed_point_iterations=too_many)
+    assert ddim.invert(model, scheduler, x0, timesteps=[800, 400], fixed_point_iterations=1000).isfinite().all()
 
 
 # ----------------------------------------------------------------------------- slerp

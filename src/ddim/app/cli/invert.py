@@ -13,7 +13,7 @@ import torch
 
 from ddim.app.cli import common
 from ddim.app.digits import TEST_SIZE, load_digits_split
-from ddim.inversion import invert
+from ddim.inversion import MAX_FIXED_POINT_ITERATIONS, invert
 from ddim.sampling import sample
 
 
@@ -32,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=common.positive_int, default=50, help="DDIM steps both ways (default: 50)")
     parser.add_argument(
         "--fixed-point-iterations",
-        type=common.non_negative_int,
+        type=lambda text: common.parse_int_in(text, 0, MAX_FIXED_POINT_ITERATIONS),
         default=0,
-        help="refinements per inversion step (default: 0)",
+        help=f"refinements per inversion step, 0..{MAX_FIXED_POINT_ITERATIONS} (default: 0)",
     )
     common.add_model_options(parser)
     parser.add_argument("-o", "--output", type=Path, default=Path("inversion.png"), help="PNG (default: inversion.png)")
