@@ -206,6 +206,12 @@ def wasserstein(values: Sequence[float], reference: torch.Tensor) -> float:
     return float(wasserstein_distance(np.asarray(values), reference.double().numpy()))
 
 
+def resampled_wasserstein(values: torch.Tensor, draws: int, seed: int) -> float:
+    """W1 from ``draws`` of ``values`` drawn with replacement to ``values`` itself: W1's floor at that count."""
+    index = torch.randint(0, values.shape[0], (draws,), generator=torch.Generator().manual_seed(seed))
+    return wasserstein(values[index].tolist(), values)
+
+
 def sweep_cells(per_digit: int, scales: Sequence[float] = SWEEP_SCALES) -> list[RecipeCell]:
     """The guidance sweep on the zero-SNR model: every (s, phi), trailing, S = 50, eta 0."""
     return [RecipeCell("zero_snr", s, r, per_digit=per_digit) for r in SWEEP_RESCALES for s in scales]

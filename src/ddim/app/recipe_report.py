@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ddim.app.digits.data import load_digits_split
+from ddim.app.digits.sample_metrics import OVEREXPOSURE_MARGIN, pixel_std
 from ddim.app.evaluation import seed_spread
+from ddim.app.recipe_evaluation import DDPM_STEPS
 
 PART_FILE = "recipe_{}.json"
 PART_NAMES: tuple[str, ...] = ("sweep", "ablation", "brightness", "ddpm")
@@ -27,6 +30,8 @@ MODEL_NAMES = {
     "inverted_control": "control, inverted data",
 }
 Cell = dict[str, Any]
+#: How the over-exposure threshold reads in the report ("|x| > 1.125").
+OVEREXPOSED = f"|x| > {1 + OVEREXPOSURE_MARGIN:g}"
 
 
 def read_parts(folder: Path) -> dict[str, dict[str, Any]]:
@@ -85,7 +90,7 @@ def sweep_section(part: dict[str, Any], data_std: float) -> list[str]:
         "### Guidance sweep",
         "",
         f"Zero-SNR model, trailing, S = 50, eta 0; {part['per_digit']} samples of each digit per seed, "
-        f"{len(part['seeds'])} seeds. Over-exposed: pixels with |x| > 1.125 before clipping. Pixel std: mean "
+        f"{len(part['seeds'])} seeds. Over-exposed: pixels with {OVEREXPOSED} before clipping. Pixel std: mean "
         f"per-image standard deviation (data: {data_std:.3f}).",
         "",
         "| s | phi | class accuracy (%) | per-class digits-FID | digits-FID | over-exposed (%) | pixel std |",
@@ -178,7 +183,8 @@ def ddpm_section(part: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for cell in part["cells"]:
-        name = "DDPM, 1000 steps" if cell["steps"] == 1000 else f"DDIM S={cell['steps']}, eta {cell['eta']:g}"
+        ddpm = cell["steps"] == DDPM_STEPS
+        name = f"DDPM, {DDPM_STEPS} steps" if ddpm else f"DDIM S={cell['steps']}, eta {cell['eta']:g}"
         lines.append(
             f"| {name} | {stat(cell, 'fid')} | {stat(cell, 'per_class_fid')} | {stat(cell, 'accuracy', 100, 1)} | "
             f"{np.mean(cell['seconds']):.0f} |"
@@ -235,7 +241,7 @@ def check_targets(parts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             f"paired difference {paired(trailing, leading, 'fid')}",
         )
     ddpm_cells = parts.get("ddpm", {}).get("cells", [])
-    ddim, ddpm = find(ddpm_cells, steps=50), find(ddpm_cells, steps=1000)
+    ddim, ddpm = find(ddpm_cells, steps=50), find(ddpm_cells, steps=DDPM_STEPS)
     if ddim and ddpm:
         add(
             "DDIM S = 50, eta 0 within 1.5x of DDPM (1000 steps)",
@@ -305,7 +311,7 @@ def plot_tradeoff(part: dict[str, Any], path: Path) -> None:
     left.set_ylabel("digits misclassified (%, symlog)")
     left.set_title("guidance trade-off (zero-SNR model, S = 50; s = 0 off the chart)", fontsize=9)
     right.set_xlabel("guidance scale s")
-    right.set_ylabel("over-exposed pixels, |x| > 1.125 (%)")
+    right.set_ylabel(f"over-exposed pixels, {OVEREXPOSED} (%)")
     right.set_title("over-exposure before clipping", fontsize=9)
     for axis in (left, right):
         axis.legend(fontsize=7)
@@ -338,9 +344,6 @@ def plot_brightness(part: dict[str, Any], path: Path) -> None:
 
 def write_report(folder: Path, parts: dict[str, dict[str, Any]]) -> None:
     """Write ``recipe.md`` and the plots of the parts present into ``folder``."""
-    from ddim.app.digits.data import load_digits_split
-    from ddim.app.digits.sample_metrics import pixel_std
-
     data_std = float(pixel_std(load_digits_split().train_images).mean())
     (folder / "recipe.md").write_text(markdown_report(parts, data_std), encoding="utf-8")
     if "sweep" in parts:

@@ -376,6 +376,18 @@ def check_output_path(path: Path) -> None:
         raise UsageError(f"cannot write {str(path)!r}: folder {str(folder)!r} is not writable")
 
 
+def output_folder(out_dir: Path | None, default: Path, first_file: str) -> Path:
+    """--out-dir, an existing folder where ``first_file`` can be written, else ``default`` (made by the caller)."""
+    folder = default if out_dir is None else out_dir
+    if out_dir is None and not folder.exists():
+        check_output_path(folder)
+    elif not folder.is_dir():
+        raise UsageError(f"--out-dir {str(folder)!r} is not an existing folder")
+    else:
+        check_output_path(folder / first_file)
+    return folder
+
+
 @contextmanager
 def timed() -> Iterator[list[float]]:
     """Context manager yielding a list that holds the elapsed seconds once the block ends."""

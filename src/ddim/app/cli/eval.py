@@ -125,18 +125,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.recipe:
-        return eval_recipe.run_recipe(args)
-    for flag in ("parts", "per_digit", "control_model", "inverted_models", "report_only"):
+        return eval_recipe.run_recipe(args, Path(DEFAULT_OUT_DIR))
+    for flag in eval_recipe.RECIPE_ONLY:
         if getattr(args, flag) not in (None, False):
             raise common.UsageError(f"--{flag.replace('_', '-')} needs --recipe")
     common.check_device(args.device)
-    out_dir = Path(DEFAULT_OUT_DIR) if args.out_dir is None else args.out_dir
-    if args.out_dir is None and not out_dir.exists():
-        common.check_output_path(out_dir)  # created when the results are written
-    elif not out_dir.is_dir():
-        raise common.UsageError(f"--out-dir {str(out_dir)!r} is not an existing folder")
-    else:
-        common.check_output_path(out_dir / "table1.json")
+    out_dir = common.output_folder(args.out_dir, Path(DEFAULT_OUT_DIR), "table1.json")  # created when written
     if args.quick:
         counts, etas, seeds, ddpm_count = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2, None
     else:

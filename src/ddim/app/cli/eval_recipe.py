@@ -18,17 +18,20 @@ from typing import Any
 import torch
 
 from ddim.app import recipe_evaluation as recipe
+from ddim.app import recipe_report
 from ddim.app.cli import common
+from ddim.app.digits.conditional import NUM_DIGITS
 from ddim.app.digits.sample_metrics import DigitsJudge, mean_brightness
 from ddim.progress import Progress
 from ddim.scheduler import DDIMScheduler
 
-PARTS: tuple[str, ...] = ("sweep", "ablation", "brightness", "ddpm")
 #: Digits per seed of each digit: the sweep, ablation and brightness cells, and DDIM against DDPM (N = 2000).
 DEFAULT_PER_DIGIT = 50
 DEFAULT_DDPM_PER_DIGIT = 200
 #: Options of the Table 1 evaluation that the recipe evaluation does not take.
 TABLE1_ONLY = ("counts", "etas", "ddpm_count", "clip_sample", "use_clipped_model_output")
+#: Options (their ``argparse`` names) that only the recipe evaluation takes.
+RECIPE_ONLY = ("parts", "per_digit", "control_model", "inverted_models", "report_only")
 
 Models = dict[str, tuple[Any, DDIMScheduler]]
 
@@ -40,7 +43,7 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="evaluate the recipe instead of Table 1: writes recipe_PART.json, recipe.md and plots",
     )
-    group.add_argument("--parts", nargs="+", choices=PARTS, default=None, help="default: all four")
+    group.add_argument("--parts", nargs="+", choices=recipe_report.PART_NAMES, default=None, help="default: all four")
     group.add_argument(
         "--per-digit",
         type=lambda text: common.parse_int_in(text, 2, 10_000),
@@ -126,19 +129,8 @@ def run_part(
             entry["brightness_extreme"] = recipe.extreme_fraction(result.brightness, references[cell.model])
         results.append(entry)
     per_digit = cells[0].per_digit
-    draws = per_digit * 10 * len(seeds)
-    resampled_w1 = {
-        name: [
-            recipe.wasserstein(
-                values[
-                    torch.randint(0, values.shape[0], (draws,), generator=torch.Generator().manual_seed(seed))
-                ].tolist(),
-                values,
-            )
-            for seed in seeds
-        ]
-        for name, values in data.items()
-    }
+    draws = per_digit * NUM_DIGITS * len(seeds)
+    resampled_w1 = {name: [recipe.resampled_wasserstein(data[name], draws, seed) for seed in seeds] for name in data}
     return {
         "part": part,
         "seeds": seeds,
@@ -152,17 +144,16 @@ def run_part(
     }
 
 
-def run_recipe(args: argparse.Namespace) -> int:
+def run_recipe(args: argparse.Namespace, default_out_dir: Path) -> int:
     """``ddim eval --recipe``: run the chosen parts, write each one's JSON as it ends, rebuild the report."""
     common.check_device(args.device)
-    parts = [] if args.report_only else list(dict.fromkeys(args.parts or PARTS))
+    parts = [] if args.report_only else list(dict.fromkeys(args.parts or recipe_report.PART_NAMES))
     check_recipe_args(args, parts)
-    out_dir = common_out_dir(args)
+    out_dir = common.output_folder(args.out_dir, default_out_dir, "recipe.md")
     seeds = list(range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds)))
     if parts:
+        out_dir.mkdir(exist_ok=True)
         run_parts(args, parts, seeds, out_dir)
-    from ddim.app import recipe_report  # imported late: a long run picks up the report code as it ends
-
     try:
         found = recipe_report.read_parts(out_dir)
     except ValueError as error:
@@ -179,9 +170,7 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], out_
     models, descriptions = load_models(args)
     judge = DigitsJudge()
     for part in parts:
-        needed = (
-            {"zero_snr", "control"} if part == "ablation" else set(models) if part == "brightness" else {"zero_snr"}
-        )
+        needed = {"ablation": {"zero_snr", "control"}, "brightness": set(models)}.get(part, {"zero_snr"})
         chosen = {name: models[name] for name in models if name in needed}
         runs = len(part_cells(part, args, chosen)) * len(seeds)
         bar = Progress(runs, f"ddim eval --recipe {part}", "seed-run", args.progress)
@@ -190,27 +179,13 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], out_
         finally:
             bar.close()
         report["models"] = {name: descriptions[name] for name in chosen}
-        write_json(out_dir / f"recipe_{part}.json", report)
+        write_json(out_dir / recipe_report.PART_FILE.format(part), report)
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """``report`` as indented JSON at ``path``, atomically."""
     text = json.dumps(report, indent=1, default=float) + "\n"
     common.write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def common_out_dir(args: argparse.Namespace) -> Path:
-    """--out-dir (an existing folder), or ./eval, created when missing."""
-    if args.out_dir is not None:
-        if not args.out_dir.is_dir():
-            raise common.UsageError(f"--out-dir {str(args.out_dir)!r} is not an existing folder")
-        common.check_output_path(args.out_dir / "recipe.md")
-        return Path(args.out_dir)
-    folder = Path("eval")
-    if not folder.is_dir():
-        common.check_output_path(folder)
-        folder.mkdir()
-    return folder
 
 
 def load_models(args: argparse.Namespace) -> tuple[Models, dict[str, str]]:
