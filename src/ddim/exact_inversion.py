@@ -19,23 +19,26 @@ x_0 by ~1e-5). The EDICT authors' code, which BDIA's editing code builds on, run
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 
+from ddim.guidance import ClassifierFreeKeywords
 from ddim.inversion_steps import (
     Denoiser,
     GridStep,
     Timesteps,
+    Transfer,
     check_exact_grid,
     ddim_inverse_step,
+    ddim_transfer,
     grid_steps,
     make_denoiser,
     state_dtype,
-    transfer,
 )
 from ddim.model import Model
 from ddim.progress import progress_iter
-from ddim.stepping import DDIMStepping
+from ddim.scheduler_protocol import DDIMSchedulerLike
 from ddim.tensor_checks import check_floating
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_real, check_str_choice
 
@@ -127,9 +130,9 @@ def edict_step(
 
     x^i = a x + b eps(y),   y^i = a y + b eps(x^i),   x' = p x^i + (1 - p) y^i,   y' = p y^i + (1 - p) x'
     """
-    a, b = transfer(step.alpha, step.alpha_to)
-    x_inter = a * x + b * denoiser(y, step)
-    y_inter = a * y + b * denoiser(x_inter, step)
+    move = ddim_transfer(step.alpha, step.alpha_to)
+    x_inter = move.a * x + move.noise(denoiser(y, step))
+    y_inter = move.a * y + move.noise(denoiser(x_inter, step))
     x_new = p * x_inter + (1 - p) * y_inter
     return x_new, p * y_inter + (1 - p) * x_new
 
@@ -141,15 +144,15 @@ def edict_inverse_step(
 
     y^i = (y' - (1 - p) x') / p,  x^i = (x' - (1 - p) y^i) / p,  y = (y^i - b eps(x^i)) / a,  x = (x^i - b eps(y)) / a
     """
-    a, b = transfer(step.alpha, step.alpha_to)
+    move = ddim_transfer(step.alpha, step.alpha_to)
     y_inter = (y - (1 - p) * x) / p
     x_inter = (x - (1 - p) * y_inter) / p
-    y_start = (y_inter - b * denoiser(x_inter, step)) / a
-    return (x_inter - b * denoiser(y_start, step)) / a, y_start
+    y_start = (y_inter - move.noise(denoiser(x_inter, step))) / move.a
+    return (x_inter - move.noise(denoiser(y_start, step))) / move.a, y_start
 
 
 def edict_invert(
-    denoiser: Denoiser, sample: torch.Tensor, steps: tuple[GridStep, ...], p: float, progress: bool
+    denoiser: Denoiser, sample: torch.Tensor, steps: tuple[GridStep, ...], p: float, progress: bool | None
 ) -> EDICTLatent:
     """x = y = x_0, then :func:`edict_inverse_step` for each step in reverse order (2 model calls a step)."""
     denoiser = denoiser.with_dtype(sample.dtype)
@@ -159,7 +162,7 @@ def edict_invert(
     return EDICTLatent(x, y, steps, p, sample.dtype)
 
 
-def edict_sample(denoiser: Denoiser, latent: EDICTLatent, progress: bool) -> torch.Tensor:
+def edict_sample(denoiser: Denoiser, latent: EDICTLatent, progress: bool | None) -> torch.Tensor:
     """:func:`edict_step` along the latent's steps; returns the x chain (the y chain ends next to it)."""
     denoiser = denoiser.with_dtype(latent.dtype)
     x, y = latent.x.to(state_dtype(latent.x)), latent.y.to(state_dtype(latent.x))
@@ -169,7 +172,7 @@ def edict_sample(denoiser: Denoiser, latent: EDICTLatent, progress: bool) -> tor
 
 
 # ----------------------------------------------------------------------------- BDIA
-def bdia_coefficients(step: GridStep, previous: GridStep, gamma: float) -> tuple[float, float]:
+def bdia_coefficients(step: GridStep, previous: GridStep, gamma: float) -> Transfer:
     """(c_x, c_eps) of the BDIA-DDIM update z_{k+1} = gamma z_{k-1} + c_x z_k + c_eps eps(z_k) at step k >= 1.
 
     z_k is the model's input at t_k. BDIA-DDIM (Zhang, Lewis & Kleijn, arXiv 2307.10829, as in the
@@ -179,15 +182,26 @@ def bdia_coefficients(step: GridStep, previous: GridStep, gamma: float) -> tuple
 
     D is the DDIM increment T(z, eps) - z. Here the backward increment goes from abar_k back to abar_{k-1}
     (where the model read z_{k-1}), the forward one to abar'_k; collected, c_x = a_f - gamma a_b and
-    c_eps = b_f - gamma b_b. gamma = 0 is the DDIM step.
+    c_eps = b_f - gamma b_b (each part of b likewise under CFG++), as a :class:`Transfer` (a = c_x, b = c_eps).
+    gamma = 0 is the DDIM step.
     """
-    a_forward, b_forward = transfer(step.alpha, step.alpha_to)
-    a_backward, b_backward = transfer(step.alpha, previous.alpha)
-    return a_forward - gamma * a_backward, b_forward - gamma * b_backward
+    forward = ddim_transfer(step.alpha, step.alpha_to)
+    backward = ddim_transfer(step.alpha, previous.alpha)
+    return Transfer(
+        forward.a - gamma * backward.a,
+        forward.b - gamma * backward.b,
+        forward.b_x0 - gamma * backward.b_x0,
+        forward.b_dir - gamma * backward.b_dir,
+    )
 
 
 def bdia_invert(
-    denoiser: Denoiser, sample: torch.Tensor, steps: tuple[GridStep, ...], gamma: float, iterations: int, progress: bool
+    denoiser: Denoiser,
+    sample: torch.Tensor,
+    steps: tuple[GridStep, ...],
+    gamma: float,
+    iterations: int,
+    progress: bool | None,
 ) -> BDIALatent:
     """z_N = x_0; z_{N-1} by the (approximate) DDIM inverse of the last step, then for k = N-1 ... 1 the
     exact inverse z_{k-1} = (z_{k+1} - c_x z_k - c_eps eps(z_k)) / gamma (N model calls, plus ``iterations``)."""
@@ -195,27 +209,27 @@ def bdia_invert(
     later = sample.to(state_dtype(sample))
     current = ddim_inverse_step(denoiser, later, steps[-1], iterations)
     for k in progress_iter(range(len(steps) - 1, 0, -1), progress, "BDIA inversion"):
-        c_x, c_eps = bdia_coefficients(steps[k], steps[k - 1], gamma)
-        later, current = current, (later - (c_x * current + c_eps * denoiser(current, steps[k]))) / gamma
+        c = bdia_coefficients(steps[k], steps[k - 1], gamma)
+        later, current = current, (later - (c.a * current + c.noise(denoiser(current, steps[k])))) / gamma
     return BDIALatent(current, later, steps, gamma, sample.dtype)
 
 
-def bdia_sample(denoiser: Denoiser, latent: BDIALatent, progress: bool) -> torch.Tensor:
+def bdia_sample(denoiser: Denoiser, latent: BDIALatent, progress: bool | None) -> torch.Tensor:
     """z_{k+1} = gamma z_{k-1} + c_x z_k + c_eps eps(z_k) for k = 1 ... N-1, from (z_0, z_1) = the latent."""
     denoiser = denoiser.with_dtype(latent.dtype)
     work = state_dtype(latent.x_T)
     earlier, current = latent.x_T.to(work), latent.x_next.to(work)
     steps = latent.steps
     for k in progress_iter(range(1, len(steps)), progress, "BDIA sampling"):
-        c_x, c_eps = bdia_coefficients(steps[k], steps[k - 1], latent.gamma)
-        earlier, current = current, latent.gamma * earlier + (c_x * current + c_eps * denoiser(current, steps[k]))
+        c = bdia_coefficients(steps[k], steps[k - 1], latent.gamma)
+        earlier, current = current, latent.gamma * earlier + (c.a * current + c.noise(denoiser(current, steps[k])))
     return current.to(latent.dtype)
 
 
 # ----------------------------------------------------------------------------- sampling
 def sample_exact(
     model: Model,
-    scheduler: DDIMStepping,
+    scheduler: DDIMSchedulerLike,
     start: EDICTLatent | BDIALatent | torch.Tensor,
     *,
     method: str | None = None,
@@ -223,26 +237,26 @@ def sample_exact(
     timesteps: Timesteps = None,
     p: float | None = None,
     gamma: float | None = None,
-    guidance_scale: float = 1.0,
-    unconditional_model: Model | None = None,
-    guidance_rescale: float = 0.0,
-    progress: bool = False,
+    progress: bool | None = False,
+    **short_form: Unpack[ClassifierFreeKeywords],
 ) -> torch.Tensor:
     """Sample x_0 with EDICT's or BDIA's invertible updates, from a latent of ``ddim.invert`` or from noise.
 
     Args:
+        model: the model, or a guidance wrapper (``ddim.guidance.ClassifierFreeGuidance``).
         start: an :class:`EDICTLatent` / :class:`BDIALatent` (its method, steps and p / gamma are used:
             leave ``method``, ``num_inference_steps``, ``timesteps``, ``p`` and ``gamma`` unset); or a
             tensor x_T, with ``method`` "edict" (both chains start at x_T) or "bdia" (the first step is
             the DDIM step), the grid ``num_inference_steps`` (default 50) or ``timesteps``, and ``p``
             (default 0.93) or ``gamma`` (default 1; 0 is plain DDIM).
-        guidance_scale / unconditional_model / guidance_rescale: classifier-free guidance, as in ``ddim.sample``.
+        short_form: ``guidance_scale`` / ``unconditional_model`` / ``guidance_rescale``: classifier-free
+            guidance, the short form of the wrapper, as in ``ddim.sample``.
         progress: a tqdm bar over the steps (if tqdm is installed).
 
     Sampling a latent with the guidance it was inverted with returns the inverted x_0 up to rounding.
     ``clip_sample`` and ``thresholding`` are not applied (the updates are not the scheduler's step).
     """
-    denoiser = make_denoiser(model, scheduler, guidance_scale, unconditional_model, guidance_rescale)
+    denoiser = make_denoiser(model, scheduler, short_form, "sample_exact")
     if isinstance(start, (EDICTLatent, BDIALatent)):
         given = {"method": method, "num_inference_steps": num_inference_steps, "timesteps": timesteps, "p": p}
         given["gamma"] = gamma
@@ -267,7 +281,7 @@ def sample_exact(
 
 def latent_from_noise(
     denoiser: Denoiser,
-    scheduler: DDIMStepping,
+    scheduler: DDIMSchedulerLike,
     noise: torch.Tensor,
     method: str | None,
     num_inference_steps: int | None,
@@ -290,6 +304,6 @@ def latent_from_noise(
     if method == "edict":
         return EDICTLatent(x_T, x_T, steps, EDICT_P if p is None else p, noise.dtype)
     with torch.no_grad():
-        a, b = transfer(steps[0].alpha, steps[0].alpha_to)
-        x_next = a * x_T + b * denoiser.with_dtype(noise.dtype)(x_T, steps[0])
+        move = ddim_transfer(steps[0].alpha, steps[0].alpha_to)
+        x_next = move.a * x_T + move.noise(denoiser.with_dtype(noise.dtype)(x_T, steps[0]))
     return BDIALatent(x_T, x_next, steps, BDIA_GAMMA if gamma is None else gamma, noise.dtype)

@@ -15,8 +15,9 @@ import torch
 
 from ddim.config import ConfigMixin, records_config, warn_ignored_keys
 from ddim.output import DDIMSchedulerOutput
+from ddim.plan import make_plan
 from ddim.scheduler import DDIMScheduler, compatible_classes
-from ddim.step_tables import StepTables
+from ddim.stepping import PlannedScheduler
 from ddim.tensor_checks import Timestep, check_step_tensors
 from ddim.timesteps import check_grid, check_num_inference_steps, spaced_timesteps
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_bool, check_choice, check_str_choice
@@ -24,15 +25,12 @@ from ddim.validation import ArgumentTypeError, ArgumentValueError, check_bool, c
 INVERSE_TIMESTEP_SPACINGS = ("leading", "trailing")
 
 
-class InverseStepping(StepTables):
+class InverseStepping(PlannedScheduler):
     """Timesteps and stepping of diffusers' inverse scheduler, shared by ``ddim.DDIMInverseScheduler``
-    and ``ddim.diffusers.DDIMInverseScheduler`` (see :class:`DDIMInverseScheduler` for the step)."""
+    and ``ddim.diffusers.DDIMInverseScheduler`` (see :class:`DDIMInverseScheduler` for the step). Its plan's
+    steps climb: from the landing of t (diffusers' ``t - T // N``) up to t."""
 
     output_class: Any = DDIMSchedulerOutput
-
-    def step_pairs(self, prev_timesteps: torch.Tensor) -> torch.Tensor:
-        """(abar_source, abar_t) per grid timestep t: a climb runs from the source of t up to t."""
-        return super().step_pairs(prev_timesteps).flip(-1).contiguous()
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Ascending grid: ``leading`` k * (T // N) + steps_offset, or ``trailing`` (reversed), as diffusers."""
@@ -42,8 +40,9 @@ class InverseStepping(StepTables):
         check_choice("timestep_spacing", spacing, INVERSE_TIMESTEP_SPACINGS)
         descending = spaced_timesteps(spacing, total, n, int(self.config.steps_offset))
         check_grid(descending, total)
-        source = np.minimum(np.arange(total, dtype=np.int64) - total // n, total - 1)
-        self.install_grid(np.ascontiguousarray(descending[::-1]), source, n, device)
+        ascending = np.ascontiguousarray(descending[::-1])
+        plan = make_plan(self.alphas_cumprod, float(self.final_alpha_cumprod), ascending, "offset", device, climb=True)
+        self.install_plan(plan)
 
     @overload
     def step(
@@ -83,7 +82,8 @@ class InverseStepping(StepTables):
                 "step() called before set_timesteps(); call scheduler.set_timesteps(num_inference_steps)"
             )
         check_step_tensors(model_output, sample)
-        prev_sample, pred_original = self.apply_step(model_output, timestep, sample, 0.0, False, None, None)
+        rule = self.plan.rule(self.config, 0.0, False)
+        prev_sample, pred_original = rule.apply(sample, model_output, rule.coefficients(timestep, sample), None)
         if not return_dict:
             return (prev_sample, pred_original)
         output: DDIMSchedulerOutput = self.output_class(prev_sample=prev_sample, pred_original_sample=pred_original)
@@ -141,8 +141,8 @@ class DDIMInverseScheduler(InverseStepping, ConfigMixin):
         self.final_alpha_cumprod = self.initial_alpha_cumprod  # the end where a climb starts
         self.num_inference_steps = None
         self.timesteps = torch.arange(int(num_train_timesteps), dtype=torch.int64)
-        self._prev_timesteps = torch.arange(int(num_train_timesteps), dtype=torch.int64)
-        self._tables = {}
+        self._plan = None
+        self._plans = {}
 
     def _sampling_arguments(self, kwargs: dict[str, Any], set_alpha_to_one: bool) -> bool:
         """``set_alpha_to_one`` after the deprecated ``set_alpha_to_zero``; a ``DDIMScheduler``'s other

@@ -14,15 +14,17 @@ retraces the inversion.
 
 from __future__ import annotations
 
-from typing import Literal, get_args, overload
+from typing import Literal, Unpack, get_args, overload
 
 import torch
 
 from ddim.exact_inversion import BDIA_GAMMA, EDICT_P, BDIALatent, EDICTLatent, bdia_invert, edict_invert
+from ddim.guidance import ClassifierFreeKeywords
 from ddim.inversion_steps import Timesteps, check_exact_grid, ddim_inverse_step, grid_steps, make_denoiser
 from ddim.model import Model
 from ddim.progress import progress_iter
-from ddim.scheduler import DDIMScheduler
+from ddim.sampling import LoopResult
+from ddim.scheduler_protocol import DDIMSchedulerLike
 from ddim.tensor_checks import check_floating
 from ddim.validation import ArgumentValueError, check_bool, check_int, check_real, check_str_choice
 
@@ -37,97 +39,78 @@ INVERSION_METHODS: tuple[str, ...] = get_args(InversionMethod)
 @overload
 def invert(
     model: Model,
-    scheduler: DDIMScheduler,
+    scheduler: DDIMSchedulerLike,
     sample: torch.Tensor,
     *,
+    method: Literal["ddim"] = ...,
+    return_trajectory: Literal[False] = ...,
     num_inference_steps: int | None = ...,
     timesteps: Timesteps = ...,
-    method: Literal["ddim"] = ...,
     fixed_point_iterations: int = ...,
-    guidance_scale: float = ...,
-    unconditional_model: Model | None = ...,
-    guidance_rescale: float = ...,
-    return_trajectory: Literal[False] = ...,
-    progress: bool = ...,
+    p: float | None = ...,
+    gamma: float | None = ...,
+    progress: bool | None = ...,
+    **short_form: Unpack[ClassifierFreeKeywords],
 ) -> torch.Tensor: ...
 
 
 @overload
 def invert(
     model: Model,
-    scheduler: DDIMScheduler,
+    scheduler: DDIMSchedulerLike,
     sample: torch.Tensor,
     *,
+    method: Literal["ddim"] = ...,
+    return_trajectory: Literal[True],
     num_inference_steps: int | None = ...,
     timesteps: Timesteps = ...,
-    method: Literal["ddim"] = ...,
     fixed_point_iterations: int = ...,
-    guidance_scale: float = ...,
-    unconditional_model: Model | None = ...,
-    guidance_rescale: float = ...,
-    return_trajectory: Literal[True],
-    progress: bool = ...,
-) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+    p: float | None = ...,
+    gamma: float | None = ...,
+    progress: bool | None = ...,
+    **short_form: Unpack[ClassifierFreeKeywords],
+) -> LoopResult: ...
 
 
 @overload
 def invert(
     model: Model,
-    scheduler: DDIMScheduler,
+    scheduler: DDIMSchedulerLike,
     sample: torch.Tensor,
     *,
+    method: Literal["edict"],
+    return_trajectory: Literal[False] = ...,
     num_inference_steps: int | None = ...,
     timesteps: Timesteps = ...,
-    method: Literal["edict"],
+    fixed_point_iterations: int = ...,
     p: float | None = ...,
-    guidance_scale: float = ...,
-    unconditional_model: Model | None = ...,
-    guidance_rescale: float = ...,
-    progress: bool = ...,
+    gamma: float | None = ...,
+    progress: bool | None = ...,
+    **short_form: Unpack[ClassifierFreeKeywords],
 ) -> EDICTLatent: ...
 
 
 @overload
 def invert(
     model: Model,
-    scheduler: DDIMScheduler,
+    scheduler: DDIMSchedulerLike,
     sample: torch.Tensor,
     *,
-    num_inference_steps: int | None = ...,
-    timesteps: Timesteps = ...,
     method: Literal["bdia"],
-    fixed_point_iterations: int = ...,
-    gamma: float | None = ...,
-    guidance_scale: float = ...,
-    unconditional_model: Model | None = ...,
-    guidance_rescale: float = ...,
-    progress: bool = ...,
-) -> BDIALatent: ...
-
-
-@overload
-def invert(
-    model: Model,
-    scheduler: DDIMScheduler,
-    sample: torch.Tensor,
-    *,
+    return_trajectory: Literal[False] = ...,
     num_inference_steps: int | None = ...,
     timesteps: Timesteps = ...,
-    method: str = ...,
     fixed_point_iterations: int = ...,
     p: float | None = ...,
     gamma: float | None = ...,
-    guidance_scale: float = ...,
-    unconditional_model: Model | None = ...,
-    guidance_rescale: float = ...,
-    return_trajectory: bool = ...,
-    progress: bool = ...,
-) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | EDICTLatent | BDIALatent: ...
+    progress: bool | None = ...,
+    **short_form: Unpack[ClassifierFreeKeywords],
+) -> BDIALatent: ...
 
 
 def invert(
     model: Model,
-    scheduler: DDIMScheduler,
+    scheduler: DDIMSchedulerLike,
     sample: torch.Tensor,
     *,
     num_inference_steps: int | None = 50,
@@ -136,15 +119,14 @@ def invert(
     fixed_point_iterations: int = 0,
     p: float | None = None,
     gamma: float | None = None,
-    guidance_scale: float = 1.0,
-    unconditional_model: Model | None = None,
-    guidance_rescale: float = 0.0,
     return_trajectory: bool = False,
-    progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | EDICTLatent | BDIALatent:
+    progress: bool | None = False,
+    **short_form: Unpack[ClassifierFreeKeywords],
+) -> torch.Tensor | LoopResult | EDICTLatent | BDIALatent:
     """Encode x_0 (``sample``) by walking the sampling grid of ``scheduler`` backwards.
 
     Args:
+        model: the model, or a guidance wrapper (``ddim.guidance.ClassifierFreeGuidance``).
         num_inference_steps / timesteps: the grid, as in ``ddim.sample`` (``timesteps`` takes precedence).
         method: ``"ddim"``: for each step t -> s, in reverse order, solve the eta = 0 step for x_t::
 
@@ -163,10 +145,11 @@ def invert(
             :data:`MAX_FIXED_POINT_ITERATIONS` (1000).
         p: EDICT's mixing weight in (0, 1], default 0.93 (the paper's); ``"edict"`` only.
         gamma: BDIA's gamma in (0, 1], default 1 (the official code's for inversion); ``"bdia"`` only.
-        guidance_scale / unconditional_model / guidance_rescale: classifier-free guidance as in
-            ``ddim.sample``; sample back with the same values to reconstruct.
-        return_trajectory: ``"ddim"`` only: also return [x_0, ..., x_T].
-        progress: a tqdm bar over the steps (if tqdm is installed).
+        return_trajectory: ``"ddim"`` only: a :class:`~ddim.sampling.LoopResult` whose ``intermediates`` are
+            [x_0, ..., x_T] and ``samples`` x_T.
+        progress: a tqdm bar over the steps (if tqdm is installed; ``None``: only on a terminal).
+        short_form: ``guidance_scale`` / ``unconditional_model`` / ``guidance_rescale``: classifier-free
+            guidance as in ``ddim.sample``; sample back with the same values to reconstruct.
 
     Needs ``clip_sample=False`` and ``thresholding=False`` (clipping x_0 is not invertible). The
     scheduler's ``set_timesteps`` is called.
@@ -187,7 +170,7 @@ def invert(
         weight = check_real("p", EDICT_P if p is None else p, 0.0, 1.0, open_minimum=True)
     elif method == "bdia":
         weight = check_real("gamma", BDIA_GAMMA if gamma is None else gamma, 0.0, 1.0, open_minimum=True)
-    denoiser = make_denoiser(model, scheduler, guidance_scale, unconditional_model, guidance_rescale)
+    denoiser = make_denoiser(model, scheduler, short_form, "invert")
     steps = grid_steps(scheduler, num_inference_steps, timesteps)
     with torch.no_grad():
         if method != "ddim":
@@ -200,7 +183,9 @@ def invert(
         for step in progress_iter(list(reversed(steps)), progress, "DDIM inversion"):
             x = ddim_inverse_step(denoiser, x, step, iterations)
             trajectory.append(x)
-    return (x, trajectory) if return_trajectory else x
+    if return_trajectory:
+        return LoopResult(samples=x, intermediates=trajectory, timesteps=[step.timestep for step in steps])
+    return x
 
 
 def check_method_options(

@@ -1,56 +1,47 @@
 """The pieces every inversion walks: the grid's steps, the guided noise estimate, the DDIM transfer.
 
 Notation: the grid t_0 > ... > t_{N-1} of a ``DDIMScheduler``; step k calls the model at t_k
-(abar_k) and lands on abar'_k (``scheduler.previous_timestep(t_k)``, the final alpha at -1). The
+(abar_k) and lands on abar'_k (its plan's :class:`ddim.plan.GridStep`, the final alpha past timestep 0). The
 eta = 0 DDIM transfer from abar to abar' with noise estimate eps (DDIM paper, eq. 12) is::
 
     T(x, eps) = a x + b eps,   a = sqrt(abar' / abar),   b = sqrt(1 - abar') - a sqrt(1 - abar)
 
-eps(x) is the model output (classifier-free guided as in ``ddim.sample``) converted to epsilon with
+(under CFG++ the two parts of b take different eps: :class:`Transfer`).
+
+eps(x) is the model output (guided when the model is a guidance wrapper) converted to epsilon with
 :func:`ddim.prediction.prediction_coefficients`, so every prediction type works.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 
-from ddim.guidance import check_guidance, guided_output
-from ddim.model import Model
-from ddim.paper_step import ddim_step
+from ddim.guidance import CFG_KEYWORDS, wrap_model
+from ddim.model import Model, check_output, predict
+from ddim.paper_step import cfg_pp_step, ddim_step
+from ddim.plan import GridStep
 from ddim.prediction import prediction_coefficients
-from ddim.stepping import DDIMStepping
+from ddim.scheduler_protocol import DDIMSchedulerLike
 from ddim.validation import ArgumentValueError
 
 Timesteps = Sequence[int] | np.ndarray | torch.Tensor | None
 
 
-@dataclass(frozen=True)
-class GridStep:
-    """Sampling step ``index``: the model is called at ``timestep`` (abar = ``alpha``); it lands on ``alpha_to``."""
-
-    index: int
-    timestep: int
-    alpha: float
-    alpha_to: float
-
-
-def grid_steps(scheduler: DDIMStepping, num_inference_steps: int | None, timesteps: Timesteps) -> tuple[GridStep, ...]:
+def grid_steps(
+    scheduler: DDIMSchedulerLike, num_inference_steps: int | None, timesteps: Timesteps
+) -> tuple[GridStep, ...]:
     """Set the scheduler's grid (``timesteps`` first, as ``ddim.sample`` does) and list its steps in sampling order."""
     if timesteps is not None:
         scheduler.set_timesteps(timesteps=timesteps)
     else:
         scheduler.set_timesteps(num_inference_steps)
-    steps = []
-    for index, t in enumerate(int(t) for t in scheduler.timesteps.tolist()):
-        s = scheduler.previous_timestep(t)
-        alpha_to = scheduler.alphas_cumprod[s] if s >= 0 else scheduler.final_alpha_cumprod
-        steps.append(GridStep(index, t, float(scheduler.alphas_cumprod[t]), float(alpha_to)))
-    return tuple(steps)
+    return scheduler.plan.grid_steps()
 
 
 def check_exact_grid(steps: tuple[GridStep, ...]) -> None:
@@ -69,65 +60,88 @@ def state_dtype(like: torch.Tensor) -> torch.dtype:
 
 
 @dataclass(frozen=True)
+class NoiseEstimate:
+    """eps at a state: ``x0`` is the noise x0 is read from, ``direction`` the one a step renoises with (the same
+    tensor, except under CFG++, arXiv 2406.08070, where it is the unconditional model's)."""
+
+    x0: torch.Tensor
+    direction: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Denoiser:
-    """eps(x, step): the model output at x cast to ``dtype`` (guided as in ``ddim.sample``) as epsilon, in x's dtype."""
+    """eps(x, step): the model output at x cast to ``dtype`` (a wrapper guides it) as epsilon, in x's dtype."""
 
     model: Model
-    unconditional_model: Model | None
-    guidance_scale: float
-    guidance_rescale: float
     prediction_type: str
     dtype: torch.dtype | None = None  # None: call the model in x's dtype
 
     def with_dtype(self, dtype: torch.dtype | None) -> Denoiser:
         return replace(self, dtype=dtype)
 
-    def __call__(self, x: torch.Tensor, step: GridStep) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, step: GridStep) -> NoiseEstimate:
         x_in = x if self.dtype is None else x.to(self.dtype)
         t = torch.full((x.shape[0],), step.timestep, dtype=torch.int64, device=x.device)
-        output = guided_output(
-            self.model,
-            self.unconditional_model,
-            x_in,
-            t,
-            step.timestep,
-            self.guidance_scale,
-            self.guidance_rescale,
-            False,
-            step.index,
-        )
+        prediction = predict(self.model, x_in, t)
+        check_output("model", prediction.output, x_in, step.index, step.timestep, False)
+        eps = self.epsilon(x_in, prediction.output, step).to(x.dtype)
+        if prediction.renoise is None:
+            return NoiseEstimate(eps, eps)
+        return NoiseEstimate(eps, self.epsilon(x_in, prediction.renoise, step).to(x.dtype))
+
+    def epsilon(self, x: torch.Tensor, output: torch.Tensor, step: GridStep) -> torch.Tensor:
+        """A model output at x as epsilon (DDIM paper, eq. 9; :func:`ddim.prediction.prediction_coefficients`)."""
         if self.prediction_type == "epsilon":
-            return output.to(x.dtype)
+            return output
         _, _, eps_x, eps_m = prediction_coefficients(step.alpha, self.prediction_type)
-        return (eps_x * x_in + eps_m * output).to(x.dtype)
+        return eps_x * x + eps_m * output
 
 
-def make_denoiser(
-    model: Model,
-    scheduler: DDIMStepping,
-    guidance_scale: float,
-    unconditional_model: Model | None,
-    guidance_rescale: float,
-) -> Denoiser:
-    """A :class:`Denoiser` after checking the guidance arguments (``ddim.guidance.check_guidance``)."""
-    check_guidance(guidance_scale, unconditional_model, guidance_rescale, 1.0)
-    prediction_type = scheduler.config.prediction_type
-    return Denoiser(model, unconditional_model, float(guidance_scale), float(guidance_rescale), prediction_type)
+def make_denoiser(model: Model, scheduler: DDIMSchedulerLike, short_form: Mapping[str, Any], caller: str) -> Denoiser:
+    """A :class:`Denoiser` of ``model`` wrapped as the classifier-free guidance keywords ask (:func:`wrap_model`)."""
+    wrapped = wrap_model(model, scheduler, short_form, CFG_KEYWORDS, caller)
+    return Denoiser(wrapped, scheduler.config.prediction_type)
 
 
-def transfer(alpha: float, alpha_to: float) -> tuple[float, float]:
-    """(a, b) of the eta = 0 DDIM transfer x' = a x + b eps from abar = ``alpha`` to ``alpha_to`` (DDIM eq. 12)."""
+@dataclass(frozen=True)
+class Transfer:
+    """An affine map x' = a x + b_x0 eps_x0 + b_dir eps_dir; ``b`` is the weight of one eps for both terms.
+
+    The eta = 0 DDIM step from abar to abar' (DDIM paper, eq. 12) is a = sqrt(abar' / abar),
+    b_x0 = -a sqrt(1 - abar) (through x0), b_dir = sqrt(1 - abar') (the direction), b = b_dir + b_x0.
+    """
+
+    a: float
+    b: float
+    b_x0: float
+    b_dir: float
+
+    def noise(self, estimate: NoiseEstimate) -> torch.Tensor:
+        """b eps, or b_x0 eps_x0 + b_dir eps_dir under CFG++."""
+        if estimate.x0 is estimate.direction:
+            return self.b * estimate.x0
+        return self.b_x0 * estimate.x0 + self.b_dir * estimate.direction
+
+
+def ddim_transfer(alpha: float, alpha_to: float) -> Transfer:
+    """The eta = 0 DDIM transfer from abar = ``alpha`` to ``alpha_to`` (DDIM eq. 12), as a :class:`Transfer`."""
     a = math.sqrt(alpha_to / alpha)
-    return a, math.sqrt(1 - alpha_to) - a * math.sqrt(1 - alpha)
+    through_x0, direction = a * math.sqrt(1 - alpha), math.sqrt(1 - alpha_to)
+    return Transfer(a, direction - through_x0, -through_x0, direction)
 
 
 def ddim_inverse_step(denoiser: Denoiser, x: torch.Tensor, step: GridStep, iterations: int) -> torch.Tensor:
     """Solve the eta = 0 step ``step`` for its start x_t given its end ``x`` (DDIM paper, sec. 4.3).
 
     x_t = T^{-1}(x, eps(x)) with eps read at the step's own timestep, then re-solved ``iterations`` times
-    with eps(x_t) at the current estimate (its fixed point is the exact inverse).
+    with eps(x_t) at the current estimate (its fixed point is the exact inverse). Under CFG++ the inverse
+    reads x0 with the direction's eps and renoises with x0's (the step solved for x_t: the roles swap).
     """
     x_t = x
     for _ in range(iterations + 1):
-        x_t = ddim_step(denoiser(x_t, step), x, step.alpha_to, step.alpha)[0]
+        estimate = denoiser(x_t, step)
+        if estimate.x0 is estimate.direction:
+            x_t = ddim_step(estimate.x0, x, step.alpha_to, step.alpha)[0]
+        else:
+            x_t = cfg_pp_step(estimate.direction, estimate.x0, x, step.alpha_to, step.alpha)[0]
     return x_t

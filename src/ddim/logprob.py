@@ -19,22 +19,21 @@ from typing import Literal
 
 import torch
 
+from ddim.coefficients import STD, DeviceRows
 from ddim.noise import Generator, randn_like_diffusers
-from ddim.step_tables import check_eta
-from ddim.stepping import DDIMStepping
+from ddim.scheduler_protocol import DDIMSchedulerLike
+from ddim.stepping import DDIMStepping, check_eta, check_renoise
 from ddim.tensor_checks import Timestep, check_floating, check_step_tensors
-from ddim.update import coefficient_rows, std_coefficient, torch_update
+from ddim.update import coefficient_rows, columns_of, torch_update
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_bool, check_str_choice
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS = ("mean", "sum", "none")
-#: The alpha-pair table of DDPO's landing (see ``StepTables.apply_step``).
-CLAMPED_PAIRS = "clamped-pairs"
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def ddim_step_with_logprob(
-    scheduler: DDIMStepping,
+    scheduler: DDIMSchedulerLike,
     model_output: torch.Tensor,
     timestep: Timestep,
     sample: torch.Tensor,
@@ -45,6 +44,7 @@ def ddim_step_with_logprob(
     *,
     reduction: Reduction = "mean",
     clamp_prev_timestep: bool = True,
+    renoise_model_output: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(prev_sample, log_prob)`` of one DDIM step with eta > 0 (see the module doc for the density).
 
@@ -58,7 +58,8 @@ def ddim_step_with_logprob(
     ``clamp_prev_timestep=False`` lands where ``scheduler.step`` lands instead (the final alpha at the
     last step, the next grid point with ``prev_timestep_from_grid=True``). Raises ``ValueError`` where
     the density does not exist: eta = 0, or sigma = 0 at a host timestep (the last step of an
-    unclamped grid whose final alpha is 1).
+    unclamped grid whose final alpha is 1). ``renoise_model_output``: CFG++'s unconditional output, the mean's
+    noise direction (the guided output is ``model_output``; see ``DDIMScheduler.step``).
     """
     if not isinstance(scheduler, DDIMStepping):
         raise ArgumentTypeError(
@@ -83,14 +84,17 @@ def ddim_step_with_logprob(
             raise ArgumentValueError(
                 f"prev_sample shape {tuple(prev_sample.shape)} must equal sample shape {tuple(sample.shape)}"
             )
-    pairs = _clamped_pairs(scheduler) if clamp_prev_timestep else "pairs"
-    transform = scheduler._x0_transform()
-    coefficients, terms = scheduler._coefficients(timestep, sample, eta, use_clipped_model_output, transform, pairs)
+    if renoise_model_output is not None:
+        check_renoise(renoise_model_output, sample, use_clipped_model_output)
+    plan = scheduler.plan
+    landing = plan.ddpo_landing() if clamp_prev_timestep else None
+    rule = plan.rule(scheduler.config, eta, use_clipped_model_output, landing, split=renoise_model_output is not None)
+    coefficients = rule.coefficients(timestep, sample)
     rows = coefficient_rows(coefficients, sample)  # device rows gathered once, for the mean and for sigma
     if rows is not None:
-        coefficients = rows
-    mean, _ = torch_update(sample, model_output, coefficients, terms, transform, None)
-    std = std_coefficient(coefficients, sample)
+        coefficients = DeviceRows(rows)
+    mean, _ = torch_update(sample, model_output, coefficients, rule.terms, rule.transform, None, renoise_model_output)
+    std = columns_of(coefficients, sample)[STD]
     if not isinstance(std, torch.Tensor) and std <= 0.0:
         raise ArgumentValueError(
             f"sigma is 0 at timestep={int(timestep)} (the step lands where abar_prev = abar_t, or on abar = 1): "
@@ -108,11 +112,3 @@ def ddim_step_with_logprob(
     elif reduction == "sum":
         log_prob = log_prob.sum(dim=tuple(range(1, log_prob.ndim)))
     return prev_sample, log_prob
-
-
-def _clamped_pairs(scheduler: DDIMStepping) -> str:
-    """Install (once per grid) the alpha pairs of DDPO's landing, clamp(prev, 0, T - 1); return the table name."""
-    if (CLAMPED_PAIRS, torch.device("cpu")) in scheduler._tables:
-        return CLAMPED_PAIRS
-    prev = scheduler._prev_timesteps.clamp(0, len(scheduler.alphas_cumprod) - 1)
-    return scheduler.store_pairs(CLAMPED_PAIRS, scheduler.step_pairs(prev))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ddim.tensor_checks import check_floating
 from ddim.validation import ArgumentTypeError, ArgumentValueError
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -57,3 +58,30 @@ def _draw_device(generator: torch.Generator, target: torch.device) -> torch.devi
     if kind == "cpu":
         return torch.device("cpu")
     raise ArgumentValueError(f"cannot draw a {target.type} tensor from a generator on device {kind!r}")
+
+
+def step_noise(
+    eta: float,
+    generator: Generator,
+    variance_noise: torch.Tensor | None,
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+) -> torch.Tensor | None:
+    """The z of a step's ``sigma_t z`` (DDIM paper, eq. 12): None at eta = 0, else ``variance_noise`` (checked
+    against the sample) or drawn from ``generator`` as diffusers draws it; passing both is an error."""
+    if eta == 0:
+        return None
+    if generator is not None and variance_noise is not None:
+        raise ArgumentValueError(
+            "pass either generator or variance_noise, not both (variance_noise is the noise itself)"
+        )
+    if variance_noise is None:
+        return randn_like_diffusers(
+            model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+        )
+    check_floating("variance_noise", variance_noise)
+    if variance_noise.shape != sample.shape:
+        raise ArgumentValueError(
+            f"variance_noise shape {tuple(variance_noise.shape)} must equal sample shape {tuple(sample.shape)}"
+        )
+    return variance_noise

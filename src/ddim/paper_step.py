@@ -70,3 +70,44 @@ def as_alpha(alpha: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     derived in float64 and rounded once where they meet ``like``), else ``like``'s dtype."""
     value = torch.as_tensor(alpha, device=like.device)
     return value.to(torch.float64 if value.ndim == 0 else like.dtype)
+
+
+def cfg_pp_step(
+    guided_output: torch.Tensor,
+    unconditional_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_t: float | torch.Tensor,
+    alpha_prev: float | torch.Tensor,
+    *,
+    eta: float = 0.0,
+    prediction_type: str = "epsilon",
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CFG++ DDIM step (Chung et al., "CFG++", arXiv 2406.08070, Algorithm 1), from abar_t to abar_prev.
+
+    ``guided_output`` is the guided prediction m_lambda = m_u + lambda (m_c - m_u), lambda in [0, 1], and
+    ``unconditional_output`` m_u, both of ``prediction_type``. Returns ``(x_prev, x0)``. With eta > 0 the
+    DDIM noise of eq. 16 is added as in :func:`ddim_step` (the paper states eta = 0).
+    """
+    eta = check_real("eta", eta, 0.0)
+    x = sample
+    a, a_prev = as_alpha(alpha_t, x), as_alpha(alpha_prev, x)
+    x0_x, x0_m, eps_x, eps_m = prediction_coefficients(a, prediction_type)
+
+    # (1) Tweedie's estimate with the guided noise: x0 = (x_t - sqrt(1 - abar_t) eps_lambda) / sqrt(abar_t).
+    x0 = x0_x * x + x0_m * guided_output
+
+    # (2) the noise the step renoises with is the unconditional one, eps_u (not eps_lambda as in CFG).
+    eps_unconditional = eps_x * x + eps_m * unconditional_output
+
+    # (3) DDIM's sigma_t(eta) (DDIM paper, eq. 16); 0 in the paper's algorithm.
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt() if eta > 0 else torch.zeros_like(a)
+
+    # (4) x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps_u (+ sigma z).
+    direction = (1 - a_prev - sigma**2).clamp(min=0.0).sqrt() if eta <= 1 else (1 - a_prev - sigma**2).sqrt()
+    x_prev = a_prev.sqrt() * x0 + direction * eps_unconditional
+    if eta > 0:
+        if noise is None:
+            raise ArgumentValueError("eta > 0 needs noise (the z of eq. 12), got noise=None")
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0

@@ -9,40 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from ddim.coefficients import schedule_pairs, schedule_variance
 from ddim.output import DDIMParallelSchedulerOutput
+from ddim.plan import batch_final_alpha, step_variance
 from ddim.scheduler import DDIMScheduler
-from ddim.step_tables import check_eta
-from ddim.stepping import DDIMStepping
-from ddim.tensor_checks import Timestep, check_step_tensors, timestep_index
+from ddim.stepping import DDIMStepping, check_eta
+from ddim.tensor_checks import Timestep, check_step_tensors
 from ddim.validation import ArgumentValueError
-
-#: The name of the alpha-pair table of the batched step (see ``StepTables.apply_step``).
-BATCH_PAIRS = "batch-pairs"
 
 
 class ParallelStepping(DDIMStepping):
     """``step`` plus the batched, noise-free step of diffusers' ``DDIMParallelScheduler``, shared by
-    ``ddim.DDIMParallelScheduler`` and ``ddim.diffusers.DDIMParallelScheduler``."""
+    ``ddim.DDIMParallelScheduler`` and ``ddim.diffusers.DDIMParallelScheduler``. Its plan holds a second
+    landing for the batched step: the step's, except that a landing past timestep 0 uses abar = 1, as
+    diffusers hard-codes it whatever ``set_alpha_to_one`` (the final alpha with ``prev_timestep_from_grid``)."""
 
     output_class: Any = DDIMParallelSchedulerOutput
     _is_ode_scheduler = True
-
-    def _batch_final_alpha(self) -> float:
-        """abar after timestep 0 in the batched step: 1, as diffusers hard-codes it whatever
-        ``set_alpha_to_one``; the final alpha of ``step`` with ``prev_timestep_from_grid``."""
-        return float(self.final_alpha_cumprod) if self.config.get("prev_timestep_from_grid", False) else 1.0
-
-    def install_grid(
-        self, grid: np.ndarray, prev_timesteps: np.ndarray, num_inference_steps: int, device: str | torch.device | None
-    ) -> None:
-        """The step's grid and tables, and the alpha pairs of the batched step."""
-        super().install_grid(grid, prev_timesteps, num_inference_steps, device)
-        pairs = schedule_pairs(self.alphas_cumprod, self._prev_timesteps, self._batch_final_alpha())
-        self.store_pairs(BATCH_PAIRS, pairs, device)
+    batched_plan = True
 
     def batch_step_no_noise(
         self,
@@ -62,25 +47,24 @@ class ParallelStepping(DDIMStepping):
         diffusers allows only ``eta=0``; here ``eta > 0`` gives the step's mean (the pipeline adds
         ``sigma * z`` itself).
         """
-        if self.num_inference_steps is None:
+        if self._plan is None:
             raise ArgumentValueError(
                 "batch_step_no_noise() called before set_timesteps(); call scheduler.set_timesteps(num_inference_steps)"
             )
         check_step_tensors(model_output, sample)
         eta = check_eta(eta)
         zeros = torch.zeros_like(sample) if eta > 0 else None
-        prev_sample, _ = self.apply_step(
-            model_output, timesteps, sample, eta, use_clipped_model_output, None, zeros, BATCH_PAIRS
-        )
+        rule = self._plan.rule(self.config, eta, use_clipped_model_output, self._plan.batch_landing)
+        prev_sample, _ = rule.apply(sample, model_output, rule.coefficients(timesteps, sample), zeros)
         return prev_sample
 
     def _batch_get_variance(self, t: Timestep, prev_t: Timestep) -> torch.Tensor:
         """sigma^2 / eta^2 (eq. 16) elementwise from abar at ``t`` to abar at ``prev_t`` (negative: 1, as
         diffusers' batched step; the final alpha with ``prev_timestep_from_grid=True``), float32."""
-        total = int(self.config.num_train_timesteps)
-        t_index = timestep_index("t", t, total)
-        prev_index = timestep_index("prev_t", prev_t, total, negative=True).to(t_index.device)
-        return schedule_variance(self.alphas_cumprod, t_index, prev_index, self._batch_final_alpha())
+        grid_option = self.config.get("prev_timestep_from_grid", False)
+        return step_variance(
+            self.alphas_cumprod, batch_final_alpha(grid_option, float(self.final_alpha_cumprod)), t, prev_t
+        )
 
 
 class DDIMParallelScheduler(ParallelStepping, DDIMScheduler):

@@ -2,7 +2,8 @@
 
 tqdm is optional (it comes with the ``cli`` extra) and imported only when a bar is shown, so
 ``import ddim`` never loads it. Every caller gets the same behaviour: no tqdm or ``enabled=False``
-means no output and no error. Bars write to stderr.
+means no output and no error; ``enabled=None`` shows a bar only when stderr is a terminal. Bars write
+to stderr.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ T = TypeVar("T")
 class Progress:
     """A bar over ``total`` units; every method is a no-op when no bar is shown."""
 
-    def __init__(self, total: int | None, description: str, unit: str, enabled: bool = True, initial: int = 0) -> None:
+    def __init__(
+        self, total: int | None, description: str, unit: str, enabled: bool | None = True, initial: int = 0
+    ) -> None:
         self.bar: Any = None
+        if enabled is None:
+            enabled = sys.stderr.isatty()  # by default a bar only where a person watches
         if enabled:
             try:
                 from tqdm.auto import tqdm
@@ -57,8 +62,11 @@ class Progress:
         self.close()
 
 
-def progress_iter(items: Iterable[T], enabled: bool, description: str, unit: str = "step") -> Iterator[T]:
-    """Iterate ``items``, advancing a bar (see :class:`Progress`) after each one."""
+def progress_iter(items: Iterable[T], enabled: bool | None, description: str, unit: str = "step") -> Iterator[T]:
+    """Iterate ``items``, advancing a bar (see :class:`Progress`; ``enabled=None``: only on a terminal) after each."""
+    if not (enabled or (enabled is None and sys.stderr.isatty())):
+        yield from items
+        return
     sequence = list(items)
     with Progress(len(sequence), description, unit, enabled) as bar:
         for item in sequence:

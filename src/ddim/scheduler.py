@@ -2,8 +2,8 @@
 
 The class is thin: the schedule (:mod:`ddim.schedules`), the grid (:mod:`ddim.timesteps`), the
 coefficients (:mod:`ddim.coefficients`) and the update (:mod:`ddim.update`) are pure functions; the
-stepping methods are :class:`ddim.stepping.DDIMStepping`'s. The class holds the tables they produce
-and reads its config at call time.
+stepping methods are :class:`ddim.stepping.DDIMStepping`'s. The class holds the step plan
+(:mod:`ddim.plan`) that ``set_timesteps`` makes, and reads its config at call time.
 
 Reproduced diffusers quirks (defaults; see docs/compatibility.md):
 
@@ -144,8 +144,8 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.num_inference_steps = None
         self.timesteps = torch.arange(total - 1, -1, -1, dtype=torch.int64)
-        self._prev_timesteps = torch.arange(total, dtype=torch.int64)
-        self._tables = {}
+        self._plan = None
+        self._plans = {}
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)

@@ -8,6 +8,7 @@ x0 <- clamp(x0, -s, s) / s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,3 +52,19 @@ def row_quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
     below = rank.long()
     above = rank.ceil().long()
     return torch.lerp(ordered.gather(1, below), ordered.gather(1, above), rank - below).squeeze(1)
+
+
+def x0_transform_of(config: Any) -> X0Transform:
+    """The x0 transform a scheduler config asks for: dynamic thresholding (``thresholding``, which
+    ``DDIMInverseScheduler`` configs lack), else clipping (``clip_sample``), else none."""
+    if getattr(config, "thresholding", False):
+        return X0Transform(
+            threshold_ratio=float(config.dynamic_thresholding_ratio), threshold_max=float(config.sample_max_value)
+        )
+    if config.clip_sample:
+        return X0Transform(clip_range=float(config.clip_sample_range))
+    return NO_TRANSFORM
+
+
+#: The transform of a config that neither clips nor thresholds.
+NO_TRANSFORM = X0Transform()

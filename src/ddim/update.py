@@ -12,27 +12,37 @@ in cache and each tensor crosses memory once. (A ``torch.compile``'d CPU version
 does not win: see the README, section "performance".) On CUDA one Triton kernel does the whole step
 (:mod:`ddim.kernels`) when Triton is installed.
 
-Coefficients are Python floats (host timestep: no device tensor is made for them), a (6,) / (B, 6)
-tensor (traced under ``torch.compile``), or a :class:`CoefficientGather` (device timestep: the rows
-are picked on the device, nothing is read on the host). Half-precision inputs are computed in float32
-with float64-derived coefficients and returned in their own dtype.
+Coefficients come in the folded form of :mod:`ddim.coefficients`: a :class:`~ddim.coefficients.HostRow`
+of Python floats (host timestep: no device tensor is made for them) or :class:`~ddim.coefficients.DeviceRows`
+(device timestep: the rows are picked on the device, nothing is read on the host). Half-precision inputs
+are computed in float32 with float64-derived coefficients and returned in their own dtype.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import cast
 
 import torch
 
-from ddim.coefficients import NUM_COLUMNS, PREV_M, PREV_X, PREV_X0, STD, X0_M, X0_X, UpdateTerms
-from ddim.kernels.hugepages import empty_cpu
+from ddim.coefficients import (
+    NUM_COLUMNS,
+    PREV_M,
+    PREV_X,
+    PREV_X0,
+    STD,
+    X0_M,
+    X0_X,
+    DeviceRows,
+    Folded,
+    HostRow,
+    UpdateTerms,
+)
+from ddim.cpu_buffers import empty_cpu
 from ddim.tensor_checks import leading_shape
 from ddim.thresholding import X0Transform, threshold_scale
-from ddim.validation import ArgumentValueError
-
-Coefficient = float | torch.Tensor
+from ddim.validation import ArgumentTypeError, ArgumentValueError
 
 #: Elements above which a CPU update is processed in cache-sized chunks.
 CPU_CHUNK_THRESHOLD = 1 << 21
@@ -41,31 +51,7 @@ CPU_CHUNK_THRESHOLD = 1 << 21
 CPU_CHUNK = 1 << 15
 
 
-@dataclass(frozen=True)
-class CoefficientGather:
-    """Rows of a device coefficient table picked by a device timestep tensor, gathered where they are used.
-
-    ``table`` is (T + 2, 6) with NaN rows at index T and -1; ``timestep`` is 0-dim or (B,), on the
-    table's device. A value outside [0, T) selects a NaN row. Nothing is read on the host.
-    """
-
-    table: torch.Tensor
-    timestep: torch.Tensor
-
-    def rows(self) -> torch.Tensor:
-        """(1, 6) or (B, 6): the selected rows (index_select: indexing with a 0-dim tensor would sync)."""
-        total = self.table.shape[0] - 2
-        index = self.timestep.clamp(-1, total).reshape(-1) % (total + 2)
-        return self.table.index_select(0, index)
-
-
-class HostRow(tuple[float, ...]):
-    """One row of a scheduler's host coefficient table: six Python floats (already checked when tabulated)."""
-
-    __slots__ = ()
-
-
-Coefficients = Sequence[Coefficient] | torch.Tensor | CoefficientGather
+Coefficient = float | torch.Tensor
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -73,24 +59,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def coefficient_rows(coefficients: Coefficients, like: torch.Tensor) -> torch.Tensor | None:
+def coefficient_rows(coefficients: Folded, like: torch.Tensor) -> torch.Tensor | None:
     """The coefficients as a (b, 6) tensor on ``like``'s device (b is 1 or the batch size), or ``None``
-    when they are six Python floats (host timestep: no device tensor is made for them)."""
-    if type(coefficients) is HostRow:
+    for a :class:`~ddim.coefficients.HostRow` (host timestep: no device tensor is made for it)."""
+    if isinstance(coefficients, HostRow):
         return None
-    if isinstance(coefficients, CoefficientGather):
-        rows = coefficients.rows()
-    elif isinstance(coefficients, torch.Tensor):
-        rows = coefficients
-    elif len(coefficients) != NUM_COLUMNS:
-        raise ArgumentValueError(f"coefficients must hold {NUM_COLUMNS} values, got {len(coefficients)}")
-    elif not any(isinstance(c, torch.Tensor) for c in coefficients):
-        return None
-    else:
-        rows = torch.stack([torch.as_tensor(c, device=like.device).reshape(-1) for c in coefficients], dim=-1)
-    if rows.shape[-1] != NUM_COLUMNS or rows.ndim > 2:
-        raise ArgumentValueError(f"coefficient rows must have shape (6,) or (B, 6), got {tuple(rows.shape)}")
-    rows = rows.reshape(-1, NUM_COLUMNS)
+    if not isinstance(coefficients, DeviceRows):
+        raise ArgumentTypeError(f"coefficients must be a HostRow or DeviceRows, got {type(coefficients).__name__}")
+    rows = coefficients.rows()
+    if rows.shape[-1] != NUM_COLUMNS or coefficients.table.ndim > 2:
+        raise ArgumentValueError(
+            f"coefficient rows must have shape (6,) or (B, 6), got {tuple(coefficients.table.shape)}"
+        )
     try:
         leading_shape(rows.shape[0], like.shape)
     except ArgumentValueError:
@@ -136,12 +116,12 @@ def records_gradients(sample: torch.Tensor, model_output: torch.Tensor, noise: t
     )
 
 
-def std_coefficient(coefficients: Coefficients, like: torch.Tensor) -> Coefficient:
-    """sigma_t of each row (column STD), as a float or shaped to broadcast over ``like``."""
+def columns_of(coefficients: Folded, like: torch.Tensor) -> Sequence[Coefficient]:
+    """The six coefficients as floats (a host row) or as columns shaped to broadcast over ``like``."""
     rows = coefficient_rows(coefficients, like)
     if rows is None:
-        return float(coefficients[STD])  # type: ignore[index]
-    return broadcast_columns(rows, like.shape)[STD]
+        return cast(HostRow, coefficients)
+    return broadcast_columns(rows, like.shape)
 
 
 def update_pass(
@@ -154,15 +134,18 @@ def update_pass(
     x0_out: torch.Tensor | None = None,
     prev_out: torch.Tensor | None = None,
     factors: Sequence[Coefficient] | None = None,
+    renoise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_prev, x0)`` from x, m (and z) in the compute dtype with the fewest eager operations.
 
     x0 = X0_X x + X0_M m (2 ops; m itself for sample prediction), clipped in place (1 op);
-    x_prev = PREV_X x + PREV_M m + PREV_X0 x0 + STD z, one op per structurally non-zero term.
-    ``x0_out``/``prev_out`` receive the first operation of each (chunked processing); ``factors``
-    (default ``c``) are the same coefficients in the form used by the products that start x0 and x_prev.
+    x_prev = PREV_X x + PREV_M m' + PREV_X0 x0 + STD z, one op per structurally non-zero term, with
+    m' = ``renoise`` (CFG++'s unconditional output) or m. ``x0_out``/``prev_out`` receive the first
+    operation of each (chunked processing); ``factors`` (default ``c``) are the same coefficients in the
+    form used by the products that start x0 and x_prev.
     """
     f = c if factors is None else factors
+    m_direction = m if renoise is None else renoise
     clip = transform.clip_range
     if not terms.x0_is_model_output:
         x0 = accumulate(scaled(x, f[X0_X], x0_out), c[X0_M], m)
@@ -186,9 +169,9 @@ def update_pass(
     if terms.prev_x:
         prev = scaled(x, f[PREV_X], prev_out)
         if terms.prev_m:
-            accumulate(prev, c[PREV_M], m)
+            accumulate(prev, c[PREV_M], m_direction)
     else:
-        prev = scaled(m, f[PREV_M], prev_out)
+        prev = scaled(m_direction, f[PREV_M], prev_out)
     if terms.prev_x0:
         accumulate(prev, c[PREV_X0], x0)
     if z is not None:
@@ -199,14 +182,16 @@ def update_pass(
 def torch_update(
     sample: torch.Tensor,
     model_output: torch.Tensor,
-    coefficients: Coefficients,
+    coefficients: Folded,
     terms: UpdateTerms,
     transform: X0Transform,
     noise: torch.Tensor | None = None,
+    renoise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pure-torch update. Returns ``(prev_sample, x0)`` in the dtype of ``sample``.
 
-    On the CPU a tensor larger than :data:`CPU_CHUNK_THRESHOLD` elements is processed in chunks of
+    ``renoise``: the output the noise direction is taken from (CFG++), default ``model_output``. On the
+    CPU a tensor larger than :data:`CPU_CHUNK_THRESHOLD` elements is processed in chunks of
     :data:`CPU_CHUNK` so that every intermediate pass stays in cache (one pass over memory per tensor).
     """
     rows = coefficient_rows(coefficients, sample)
@@ -215,7 +200,7 @@ def torch_update(
     c: Sequence[Coefficient]
     factors: Sequence[Coefficient] | None = None
     if rows is None:
-        c = coefficients  # type: ignore[assignment]
+        c = cast(HostRow, coefficients)
         if sample.device.type == "cpu":
             factors = scalar_tensors(tuple(c), work)
     else:
@@ -227,11 +212,13 @@ def torch_update(
         and (rows is None or rows.shape[0] == 1)
         and transform.threshold_ratio is None
         and not torch.compiler.is_compiling()
+        and renoise is None
     )
     if not chunked:
         x = sample if sample.dtype == work else sample.to(work)
         m = model_output if model_output.dtype == work else model_output.to(work)
-        prev, x0 = update_pass(x, m, noise, c, terms, transform, factors=factors)
+        m_direction = None if renoise is None else renoise.to(work)
+        prev, x0 = update_pass(x, m, noise, c, terms, transform, factors=factors, renoise=m_direction)
         if work == dtype:
             return prev, x0
         return prev.to(dtype), x0.to(dtype)

@@ -18,7 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ddim.update as update
 from ddim import DDIMScheduler, ddim_step
-from ddim.update import CoefficientGather, torch_update
+from ddim.coefficients import DeviceRows, HostRow
+from ddim.update import torch_update
 
 N_STEPS = 10
 SHAPE = (3, 2, 5, 7)
@@ -258,16 +259,16 @@ def test_coefficient_forms_agree() -> None:
     s = scheduler("v_prediction", "clip")
     x, m, z = tensors()
     t = int(s.timesteps[5])
-    key = s._table_key(1.0, False, s._x0_transform())
-    table = s._device_table(key, x.device, torch.float32)
-    coefficients, terms = s._coefficients(t, x, 1.0, False, s._x0_transform())
-    transform = s._x0_transform()
+    rule = s.plan.rule(s.config, 1.0, False)
+    table = rule.device_table(x.device, torch.float32)
+    coefficients, terms = rule.coefficients(t, x), rule.terms
+    transform = s.x0_transform()
     expected = torch_update(x, m, coefficients, terms, transform, z)
     for form in (
-        table[t],
-        table[t].expand(SHAPE[0], 6),
-        CoefficientGather(table, torch.tensor(t)),
-        CoefficientGather(table, torch.full((SHAPE[0],), t)),
+        DeviceRows(table[t]),
+        DeviceRows(table[t].expand(SHAPE[0], 6)),
+        DeviceRows(table, torch.tensor(t)),
+        DeviceRows(table, torch.full((SHAPE[0],), t)),
     ):
         for a, b in zip(torch_update(x, m, form, terms, transform, z), expected, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -275,8 +276,8 @@ def test_coefficient_forms_agree() -> None:
 
 def test_out_of_range_device_timestep_gives_nan_rows() -> None:
     s = scheduler()
-    table = s._device_table(s._table_key(0.0, False, s._x0_transform()), torch.device("cpu"), torch.float32)
-    rows = CoefficientGather(table, torch.tensor([-5, 1000, 5000, 981])).rows()
+    table = s.plan.rule(s.config, 0.0, False).device_table(torch.device("cpu"), torch.float32)
+    rows = DeviceRows(table, torch.tensor([-5, 1000, 5000, 981])).rows()
     # Structural zeros (here PREV_X0, and STD at eta = 0) stay 0; every other entry is NaN.
     assert rows[:3, [0, 1, 3, 4]].isnan().all() and not rows[3].isnan().any()
 
@@ -284,13 +285,13 @@ def test_out_of_range_device_timestep_gives_nan_rows() -> None:
 def test_bad_coefficient_shapes_are_rejected() -> None:
     s = scheduler()
     x, m, _ = tensors()
-    terms = s._coefficients(981, x, 0.0, False, s._x0_transform())[1]
+    terms = s.plan.rule(s.config, 0.0, False).terms
     with pytest.raises(ValueError, match="6 values"):
-        torch_update(x, m, [1.0, 2.0], terms, s._x0_transform())
+        torch_update(x, m, HostRow([1.0, 2.0]), terms, s.x0_transform())
     with pytest.raises(ValueError, match="coefficient rows"):
-        torch_update(x, m, torch.ones(2, 2, 6), terms, s._x0_transform())
+        torch_update(x, m, DeviceRows(torch.ones(2, 2, 6)), terms, s.x0_transform())
     with pytest.raises(ValueError, match=r"2 coefficient rows for a sample of shape \(3,"):
-        torch_update(x, m, torch.ones(2, 6), terms, s._x0_transform())
+        torch_update(x, m, DeviceRows(torch.ones(2, 6)), terms, s.x0_transform())
 
 
 # ----------------------------------------------------------------------------- no host reads
@@ -332,15 +333,15 @@ def test_triton_kernel_matches_the_torch_path_interpreted(
 def kernel_vs_torch(launch: Any, device: torch.device, prediction: str, transform: str, dtype: torch.dtype) -> None:
     s = scheduler(prediction, transform)
     x, m, z = (v.to(device) for v in tensors(seed=5, dtype=dtype))
-    tr = s._x0_transform()
+    tr = s.x0_transform()
     for eta, clipped in ((0.0, False), (1.0, True)):
-        key = s._table_key(eta, clipped, tr)
-        table = s._device_table(key, device, torch.float32)
-        terms = s._coefficients(981, x.cpu(), eta, clipped, tr)[1]
-        floats = s._host_table(key)[1][int(s.timesteps[2])]
+        rule = s.plan.rule(s.config, eta, clipped)
+        table = rule.device_table(device, torch.float32)
+        terms = rule.terms
+        floats = rule.host_rows[int(s.timesteps[2])]
         noise = z if eta else None
         per_row = torch.stack([s.timesteps[i] for i in (0, 4, N_STEPS - 1)]).to(device)
-        for form in (floats, table[int(s.timesteps[2])], CoefficientGather(table, per_row)):
+        for form in (floats, DeviceRows(table[int(s.timesteps[2])]), DeviceRows(table, per_row)):
             got = launch(x, m, form, tr, noise)
             want = torch_update(x, m, form, terms, tr, noise)
             for a, b in zip(got, want, strict=True):

@@ -87,12 +87,13 @@ def test_the_fused_kernels_backward_is_the_torch_paths(interpreted: Any, transfo
     from ddim.update import torch_update
 
     scheduler = ready("v_prediction", transform)
-    coefficients, terms = scheduler._coefficients(501, tensors(torch.float32)[0], 0.8, True, scheduler._x0_transform())
+    rule = scheduler.plan.rule(scheduler.config, 0.8, True)
+    coefficients, terms = rule.coefficients(501, tensors(torch.float32)[0]), rule.terms
     results = []
     for update in ("kernel", "torch"):
         x, m, z = (t.requires_grad_(True) for t in tensors(torch.float32, seed=2))
         run = differentiable_fused_update if update == "kernel" else torch_update
-        prev, x0 = run(x, m, coefficients, terms, scheduler._x0_transform(), z)
+        prev, x0 = run(x, m, coefficients, terms, scheduler.x0_transform(), z)
         (prev * torch.linspace(-1, 1, prev.numel()).reshape(prev.shape)).sum().add(x0.square().sum()).backward()
         results.append((prev.detach(), x0.detach(), x.grad, m.grad, z.grad))
     for kernel_value, torch_value in zip(*results, strict=True):

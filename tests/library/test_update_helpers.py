@@ -8,8 +8,8 @@ import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ddim.device_copy import to_device_async
 from ddim.thresholding import row_quantile
-from ddim.transfer import to_device_async
 
 
 @settings(max_examples=60, deadline=None)

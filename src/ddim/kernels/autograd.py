@@ -14,9 +14,9 @@ from typing import Any, cast
 
 import torch
 
-from ddim.coefficients import UpdateTerms
+from ddim.coefficients import Folded, UpdateTerms
 from ddim.thresholding import X0Transform
-from ddim.update import Coefficients, torch_update
+from ddim.update import torch_update
 
 
 class FusedUpdateFunction(torch.autograd.Function):
@@ -28,7 +28,7 @@ class FusedUpdateFunction(torch.autograd.Function):
         sample: torch.Tensor,
         model_output: torch.Tensor,
         noise: torch.Tensor | None,
-        coefficients: Coefficients,
+        coefficients: Folded,
         terms: UpdateTerms,
         transform: X0Transform,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +59,7 @@ class FusedUpdateFunction(torch.autograd.Function):
 def differentiable_fused_update(
     sample: torch.Tensor,
     model_output: torch.Tensor,
-    coefficients: Coefficients,
+    coefficients: Folded,
     terms: UpdateTerms,
     transform: X0Transform,
     noise: torch.Tensor | None = None,

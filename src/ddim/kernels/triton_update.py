@@ -8,7 +8,7 @@ Per element, in float32 (DDIM paper, eqs. 9, 12 and 16 folded as in :mod:`ddim.c
 One read of x_t, the model output and (eta > 0) the noise, one write of x_prev and x0, in the input
 dtype. The coefficients come from kernel arguments (host timestep), from (b, 6) rows, or from the
 device table indexed by a device timestep inside the kernel (clamped to [-1, T] and wrapped onto
-the NaN rows, as :class:`ddim.update.CoefficientGather` does), so a step is one launch and no sync.
+the NaN rows, as :class:`ddim.coefficients.DeviceRows` does), so a step is one launch and no sync.
 The grid is (blocks per row, rows): rows are batch rows when coefficients or threshold scales differ
 per row, else the whole tensor is one row.
 
@@ -27,8 +27,9 @@ import triton
 import triton.language as tl
 
 from ddim import coefficients as columns
+from ddim.coefficients import DeviceRows, Folded
 from ddim.thresholding import X0Transform, threshold_scale
-from ddim.update import CoefficientGather, Coefficients, broadcast_columns, coefficient_rows
+from ddim.update import columns_of
 from ddim.validation import ArgumentValueError
 
 NUM_COLUMNS = columns.NUM_COLUMNS
@@ -121,7 +122,7 @@ def kernel() -> Any:
 def fused_update(
     sample: torch.Tensor,
     model_output: torch.Tensor,
-    coefficients: Coefficients,
+    coefficients: Folded,
     transform: X0Transform,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,14 +137,14 @@ def fused_update(
     coef_ptr, index_ptr, scale_ptr = x, x, x
     coef_stride = index_stride = table_rows = 0
     per_row = False
-    if isinstance(coefficients, CoefficientGather):
+    if isinstance(coefficients, DeviceRows) and coefficients.index is not None:
         source, coef_ptr = FROM_TABLE, coefficients.table
-        index_ptr = coefficients.timestep.reshape(-1)
+        index_ptr = coefficients.index.reshape(-1)
         if index_ptr.numel() > 1:
             per_row, index_stride = True, 1
         table_rows = coefficients.table.shape[0]
-    elif isinstance(coefficients, torch.Tensor):
-        rows = coefficients.reshape(-1, NUM_COLUMNS).contiguous()
+    elif isinstance(coefficients, DeviceRows):
+        rows = coefficients.table.reshape(-1, NUM_COLUMNS).contiguous()
         source, coef_ptr = FROM_ROWS, rows
         if rows.shape[0] > 1:
             per_row, coef_stride = True, NUM_COLUMNS
@@ -189,8 +190,7 @@ def fused_update(
     return prev, x0  # empty_like(x): already shaped like sample
 
 
-def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Coefficients) -> torch.Tensor:
+def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Folded) -> torch.Tensor:
     """The untransformed x0 = X0_X x + X0_M m in float32 (input to the per-row threshold scale)."""
-    rows = coefficient_rows(coefficients, x)
-    c = list(coefficients) if rows is None else broadcast_columns(rows, x.shape)  # type: ignore[arg-type]
+    c = columns_of(coefficients, x)
     return x.float() * c[columns.X0_X] + m.float() * c[columns.X0_M]

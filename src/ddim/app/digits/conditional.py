@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ddim.guidance import ClassifierFreeGuidance
 from ddim.model import Model
 from ddim.noise import Generator
 from ddim.sampling import sample
@@ -112,9 +113,11 @@ def sample_digits(
     check_real("guidance_scale", guidance_scale, 0.0)
     check_real("guidance_rescale", guidance_rescale, 0.0, 1.0)
     conditional, unconditional = guided_models(model, labels)
-    guided = guidance_scale != 1.0  # at s = 1 the guided output is the conditional one and the rescale is 1
+    # at s = 1 the guided output is the conditional one and the rescale is 1: the null-label pass is skipped
+    rescale = guidance_rescale if guidance_scale != 1.0 else 0.0
+    guided = ClassifierFreeGuidance(conditional, unconditional, guidance_scale, rescale)
     return sample(
-        conditional,
+        guided,
         scheduler,
         None if noise is not None else (labels.shape[0], 1, 8, 8),
         noise=noise,
@@ -123,7 +126,4 @@ def sample_digits(
         generator=generator,
         device=device,
         progress=progress,
-        guidance_scale=guidance_scale,
-        unconditional_model=unconditional if guided else None,
-        guidance_rescale=guidance_rescale if guided else 0.0,
     )

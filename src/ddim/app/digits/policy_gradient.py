@@ -121,7 +121,7 @@ def target_reward(classifier: DigitsClassifier, target: int) -> Reward:
 
 def policy_steps(scheduler: DDIMScheduler, eta: float) -> list[bool]:
     """For each grid timestep (after ``set_timesteps``): whether its step is stochastic (sigma > 0)."""
-    return [eta * math.sqrt(float(scheduler._get_variance(int(t)))) > 0 for t in scheduler.timesteps]
+    return [eta * math.sqrt(float(scheduler.step_variance(int(t)))) > 0 for t in scheduler.timesteps]
 
 
 @torch.no_grad()
@@ -254,7 +254,7 @@ def policy_gradient_loss(
 
 def trained_steps(scheduler: DDIMScheduler, timesteps: list[int], config: PolicyGradientConfig) -> list[int]:
     """The indices of the policy steps whose sigma is at least ``config.min_sigma`` (those the loss sums over)."""
-    sigmas = [config.eta * math.sqrt(float(scheduler._get_variance(t))) for t in timesteps]
+    sigmas = [config.eta * math.sqrt(float(scheduler.step_variance(t))) for t in timesteps]
     return [k for k, sigma in enumerate(sigmas) if sigma >= config.min_sigma]
 
 

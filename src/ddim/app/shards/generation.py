@@ -41,7 +41,7 @@ from ddim.app.shards.processes import (
 from ddim.model import Model, NonFiniteOutputError
 from ddim.progress import Progress
 from ddim.sampling import sample
-from ddim.scheduler import DDIMStepping
+from ddim.scheduler_protocol import DDIMSchedulerLike
 from ddim.validation import ArgumentValueError, check_int, check_real
 
 
@@ -97,7 +97,7 @@ class GenerationSummary:
 
 def generate_shards(
     model: Model,
-    scheduler: DDIMStepping,
+    scheduler: DDIMSchedulerLike,
     out_dir: str | os.PathLike[str],
     num_samples: int,
     sample_shape: Sequence[int],
@@ -238,7 +238,7 @@ def _job_check(group: ProcessGroup, out_dir: Path, owner: dict[str, Any]) -> Cal
 
 def _generate_shard(
     model: FixedBatchModel,
-    scheduler: DDIMStepping,
+    scheduler: DDIMSchedulerLike,
     out_dir: Path,
     shard_id: int,
     span: tuple[int, int],

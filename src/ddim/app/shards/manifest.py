@@ -19,7 +19,7 @@ from ddim.app.shards.layout import FORMAT, LOCK_NAME, MANIFEST_NAME, ShardError,
 from ddim.app.shards.lock import JobLock, acquire_lock
 from ddim.config import json_value
 from ddim.model import Model
-from ddim.scheduler import DDIMStepping
+from ddim.scheduler_protocol import DDIMSchedulerLike
 
 
 # --------------------------------------------------------------------------- configuration identity
@@ -40,7 +40,7 @@ def model_description(model: Model, model_info: dict[str, Any] | None = None) ->
 
 def run_identity(
     model: dict[str, Any],
-    scheduler: DDIMStepping,
+    scheduler: DDIMSchedulerLike,
     num_samples: int,
     sample_shape: tuple[int, ...],
     seed: int,
