@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ddim import DDIMScheduler
+from ddim.app.digits import SAMPLE_SHAPE
 from ddim.app.evaluation import Cell, CellResult, check_targets, markdown_report, run_cell, table1_cells
 from ddim.sampling import sample
 
@@ -106,7 +107,7 @@ def test_run_cell_draws_batches_in_turn_from_one_generator_per_seed() -> None:
         runs[batch_size] = fid.samples
 
     def one_call(count: int, seed: int) -> torch.Tensor:
-        shape = (count, 1, 8, 8)
+        shape = (count, *SAMPLE_SHAPE)
         generator = torch.Generator().manual_seed(seed)
         return sample(shrink, scheduler, shape, num_inference_steps=5, eta=1.0, generator=generator, progress=False)
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.app.digits.fid import DigitsFID
 from ddim.model import Model
 from ddim.sampling import sample
@@ -123,7 +124,7 @@ def run_cell(
             sample(
                 model,
                 scheduler,
-                (min(batch_size, cell.count - first), 1, 8, 8),
+                (min(batch_size, cell.count - first), *SAMPLE_SHAPE),
                 num_inference_steps=cell.steps,
                 eta=cell.eta,
                 generator=generator,

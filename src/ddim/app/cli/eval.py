@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ddim.app import evaluation
-from ddim.app.cli import common, eval_recipe
+from ddim.app.cli import arguments, devices, eval_recipe, loading, outputs, usage
+from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.app.digits.fid import DigitsFID
 from ddim.app.seeding import SEED_LIMIT
 from ddim.progress import Progress
@@ -34,7 +35,7 @@ class FiniteFID(DigitsFID):
     """:class:`DigitsFID` that refuses non-finite samples (``NonFiniteOutputError``) instead of scoring them."""
 
     def __call__(self, samples: torch.Tensor) -> float:
-        return super().__call__(common.check_finite(samples))
+        return super().__call__(outputs.check_finite(samples))
 
 
 def step_count(text: str) -> tuple[int, int]:
@@ -60,7 +61,7 @@ def sample_count(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument(
         "--quick", action="store_true", help="reduced grid (S 10,20,50 at N=300; eta 0,1; 2 seeds), < 2 min"
     )
@@ -75,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + ")",
     )
     parser.add_argument(
-        "--etas", type=common.non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
+        "--etas", type=arguments.non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
     )
     parser.add_argument(
         "--ddpm-count",
@@ -87,19 +88,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--seeds",
-        type=lambda text: common.parse_int_in(text, 1, MAX_SEEDS),
+        type=lambda text: arguments.parse_int_in(text, 1, MAX_SEEDS),
         default=5,
         help=f"seeds per cell, 1..{MAX_SEEDS} (default: 5)",
     )
     parser.add_argument(
         "--first-seed",
-        type=common.seed_int,
+        type=arguments.seed_int,
         default=0,
         help="the seeds are FIRST_SEED, FIRST_SEED+1, ... (default: 0); adds seeds to an earlier run's cells",
     )
     parser.add_argument(
         "--batch-size",
-        type=common.positive_int,
+        type=arguments.positive_int,
         default=evaluation.EVAL_BATCH_SIZE,
         help=f"samples per model call; the samples depend on it (default: {evaluation.EVAL_BATCH_SIZE})",
     )
@@ -119,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"an existing output folder (default: ./{DEFAULT_OUT_DIR}, created when missing)",
     )
-    common.add_model_options(parser)
+    arguments.add_model_options(parser)
     eval_recipe.add_recipe_options(parser)
 
 
@@ -128,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
         return eval_recipe.run_recipe(args, Path(DEFAULT_OUT_DIR))
     for flag in eval_recipe.RECIPE_ONLY:
         if getattr(args, flag) not in (None, False):
-            raise common.UsageError(f"--{flag.replace('_', '-')} needs --recipe")
-    common.check_device(args.device)
-    out_dir = common.output_folder(args.out_dir, Path(DEFAULT_OUT_DIR), "table1.json")  # created when written
+            raise usage.UsageError(f"--{flag.replace('_', '-')} needs --recipe")
+    devices.check_device(args.device)
+    out_dir = outputs.output_folder(args.out_dir, Path(DEFAULT_OUT_DIR), "table1.json")  # created when written
     if args.quick:
         counts, etas, seeds, ddpm_count = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2, None
     else:
@@ -140,16 +141,16 @@ def run(args: argparse.Namespace) -> int:
     counts = dict(args.counts) if args.counts else counts
     etas = args.etas or etas
     if args.first_seed + seeds > SEED_LIMIT:
-        raise common.UsageError(f"--first-seed {args.first_seed} + --seeds {seeds} must be at most 2**32")
-    loaded = common.load_model(args.model, args.device)
-    if loaded.sample_shape != (1, 8, 8):
-        raise common.UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
+        raise usage.UsageError(f"--first-seed {args.first_seed} + --seeds {seeds} must be at most 2**32")
+    loaded = loading.load_model(args.model, args.device)
+    if loaded.sample_shape != SAMPLE_SHAPE:
+        raise usage.UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
     scheduler = loaded.scheduler
     if args.clip_sample:
         scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)
     cells = evaluation.table1_cells(counts, etas, ddpm_count)
     for steps in sorted({cell.steps for cell in cells}):
-        common.check_steps(steps, scheduler, "S (of --counts, or 1000 for the DDPM comparison)")
+        loading.check_steps(steps, scheduler, "S (of --counts, or 1000 for the DDPM comparison)")
     fid = FiniteFID()
     seed_list = list(range(args.first_seed, args.first_seed + seeds))
     bar = Progress(len(cells) * seeds, "ddim eval", "seed-run", args.progress)
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         (folder / "table1.md").write_text(markdown, encoding="utf-8")
         evaluation.plot_report(report, str(folder / "table1.png"))
 
-    common.write_together(out_dir, write, create=args.out_dir is None)
+    outputs.write_together(out_dir, write, create=args.out_dir is None)
     print(markdown)
     print(f"wrote {out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
     return 0

@@ -11,21 +11,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddim.app.cli import common
+from ddim.app.cli import arguments, outputs, usage
 from ddim.app.shards import merge_shards, verify_shards
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument("out_dir", type=Path, metavar="DIR", help="the --out-dir of `ddim sample`")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the merged .npz to write")
     parser.add_argument("--force", action="store_true", help="replace --output if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_output_path(args.output)  # before verifying, which reads every shard
+    outputs.check_output_path(args.output)  # before verifying, which reads every shard
     if args.output.exists() and not args.force:
-        raise common.UsageError(f"--output {str(args.output)!r} exists; pass --force to replace it")
+        raise usage.UsageError(f"--output {str(args.output)!r} exists; pass --force to replace it")
     report = verify_shards(args.out_dir)
     if not report.ok:
         print(report.describe(), file=sys.stderr)

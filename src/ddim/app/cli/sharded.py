@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from ddim.app.cli.common import UsageError, check_steps, configure_spacing, load_model, positive_int
+from ddim.app.cli.arguments import positive_int
+from ddim.app.cli.loading import check_steps, configure_spacing, load_model
+from ddim.app.cli.usage import UsageError
 from ddim.app.shards import generate_shards, rank_device
 from ddim.app.shards.processes import die_with_parent
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.model import Model
 from ddim.noise import Generator
 from ddim.sampling import sample
@@ -116,7 +117,7 @@ def sample_digits(
     return sample(
         conditional,
         scheduler,
-        None if noise is not None else (labels.shape[0], 1, 8, 8),
+        None if noise is not None else (labels.shape[0], *SAMPLE_SHAPE),
         noise=noise,
         num_inference_steps=steps,
         eta=eta,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ddim.app.atomic import TEMP_SUFFIX, write_bytes_atomically
 from ddim.app.seeding import sample_seeds
 from ddim.app.shards.layout import (
     IMAGES_NAME,
@@ -26,7 +27,6 @@ from ddim.app.shards.layout import (
     shard_ranges,
 )
 from ddim.app.shards.schema import check_manifest, record_problem
-from ddim.atomic import TEMP_SUFFIX, write_bytes_atomically
 
 #: Write errors that are the environment's, not a bug: reported as one line (:func:`write_file`).
 WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ddim.app.atomic import TEMP_SUFFIX
 from ddim.app.shards.files import inspect_shard, npz_bytes, read_manifest, shard_records, stray_files, write_file
 from ddim.app.shards.layout import ShardError, parse_shard_name, shard_file, shard_ranges
 from ddim.app.shards.lock import describe_owner, read_owner
-from ddim.atomic import TEMP_SUFFIX
 
 
 @dataclass
