@@ -107,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--clip-sample",
         action="store_true",
-        help="sample with diffusers' default clip_sample=True (x_0 clipped, eps not): shows the trap in the README",
+        help="sample with diffusers' default clip_sample=True (x_0 clipped, eps not): shows the trap described in "
+        "docs/evaluation.md, 'The clip_sample trap'",
     )
     parser.add_argument(
         "--use-clipped-model-output",

@@ -112,7 +112,7 @@ def load_diffusers_pipeline(folder: Path, device: torch.device) -> LoadedModel:
     if scheduler.config.clip_sample and not scheduler.config.thresholding:
         print(
             "ddim: note: this pipeline's scheduler config has clip_sample=True; deterministic sampling with many "
-            "steps degrades under it (see the README, 'The clip_sample trap')",
+            "steps degrades under it (see docs/evaluation.md, 'The clip_sample trap')",
             file=sys.stderr,
         )
 
