@@ -8,19 +8,17 @@ conditional models instead (guidance sweep, ablation, brightness, DDIM against D
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ddim.app import evaluation
+from ddim.app import evaluation, evaluation_framework, timing
 from ddim.app.cli import arguments, devices, eval_recipe, loading, outputs, usage
 from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.app.digits.fid import DigitsFID
 from ddim.app.seeding import SEED_LIMIT
-from ddim.progress import Progress
+from ddim.model import Model
 from ddim.scheduler import DDIMScheduler
 
 #: Largest samples-per-seed count of a column (all N samples of a seed are held in memory for the metric).
@@ -126,23 +124,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    seed_count = evaluation_framework.QUICK_SEEDS if args.quick else args.seeds
+    if args.first_seed + seed_count > SEED_LIMIT:
+        raise usage.UsageError(f"--first-seed {args.first_seed} + --seeds {seed_count} must be at most 2**32")
+    seeds = evaluation_framework.seed_list(args.first_seed, seed_count)
     if args.recipe:
-        return eval_recipe.run_recipe(args, Path(DEFAULT_OUT_DIR))
+        return eval_recipe.run_recipe(args, seeds, Path(DEFAULT_OUT_DIR))
     for flag in eval_recipe.RECIPE_ONLY:
         if getattr(args, flag) not in (None, False):
             raise usage.UsageError(f"--{flag.replace('_', '-')} needs --recipe")
     devices.check_device(args.device)
     out_dir = outputs.output_folder(args.out_dir, Path(DEFAULT_OUT_DIR), "table1.json")  # created when written
     if args.quick:
-        counts, etas, seeds, ddpm_count = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2, None
+        counts, etas, ddpm_count = dict(evaluation.QUICK_COUNTS), list(evaluation.QUICK_ETAS), None
     else:
-        counts, etas, seeds = dict(evaluation.TABLE1_COUNTS), list(evaluation.TABLE1_ETAS), args.seeds
+        counts, etas = dict(evaluation.TABLE1_COUNTS), list(evaluation.TABLE1_ETAS)
         ddpm_count = None if args.counts else evaluation.DDPM_COUNT
     ddpm_count = args.ddpm_count or ddpm_count
     counts = dict(args.counts) if args.counts else counts
     etas = args.etas or etas
-    if args.first_seed + seeds > SEED_LIMIT:
-        raise usage.UsageError(f"--first-seed {args.first_seed} + --seeds {seeds} must be at most 2**32")
     loaded = loading.load_model(args.model, args.device)
     if loaded.sample_shape != SAMPLE_SHAPE:
         raise usage.UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
@@ -153,19 +153,57 @@ def run(args: argparse.Namespace) -> int:
     for steps in sorted({cell.steps for cell in cells}):
         loading.check_steps(steps, scheduler, "S (of --counts, or 1000 for the DDPM comparison)")
     fid = FiniteFID()
-    seed_list = list(range(args.first_seed, args.first_seed + seeds))
-    bar = Progress(len(cells) * seeds, "ddim eval", "seed-run", args.progress)
+    with timing.timed() as elapsed:
+        results = run_cells(args, loaded.model, scheduler, cells, seeds, fid)
+        floor = evaluation.floor_and_ceiling(fid, sorted({c.count for c in cells}), seeds)
+        targets = evaluation.check_targets(results, counts, ddpm_count)
+    report: dict[str, Any] = {
+        "model": loaded.description,
+        "scheduler": {k: v for k, v in scheduler.config.items() if not k.startswith("_")},
+        "use_clipped_model_output": args.use_clipped_model_output,
+        "seeds": seeds,
+        "counts": {str(k): v for k, v in sorted(counts.items())},
+        "ddpm_count": ddpm_count,
+        **({"quick": True} if args.quick else {}),
+        "batch_size": args.batch_size,
+        "cells": [r.as_dict() for r in results],
+        "floor": floor,
+        "targets": targets,
+        "seconds_total": elapsed[0],
+    }
+    markdown = evaluation.markdown_report(report)
+
+    def write(folder: Path) -> None:
+        (folder / "table1.json").write_text(evaluation_framework.report_json(report), encoding="utf-8")
+        (folder / "table1.md").write_text(markdown, encoding="utf-8")
+        evaluation.plot_report(report, str(folder / "table1.png"))
+
+    outputs.write_together(out_dir, write, create=args.out_dir is None)
+    print(markdown)
+    print(f"wrote {out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
+    return 0
+
+
+def run_cells(
+    args: argparse.Namespace,
+    model: Model,
+    scheduler: DDIMScheduler,
+    cells: list[evaluation.Cell],
+    seeds: list[int],
+    fid: DigitsFID,
+) -> list[evaluation.CellResult]:
+    """Every cell for every seed, with one progress bar over all (cell, seed) runs."""
+    bar = evaluation_framework.seed_run_progress(len(cells) * len(seeds), "ddim eval", args.progress)
     results = []
-    started = time.perf_counter()
     try:
         for cell in cells:
             bar.set_note(f"S={cell.steps} eta={cell.eta:g} N={cell.count}")
             results.append(
                 evaluation.run_cell(
-                    loaded.model,
+                    model,
                     scheduler,
                     cell,
-                    seed_list,
+                    seeds,
                     fid,
                     args.device,
                     on_seed=lambda: bar.update(),
@@ -175,27 +213,4 @@ def run(args: argparse.Namespace) -> int:
             )
     finally:
         bar.close()
-    report: dict[str, Any] = {
-        "model": loaded.description,
-        "scheduler": {k: v for k, v in scheduler.config.items() if not k.startswith("_")},
-        "use_clipped_model_output": args.use_clipped_model_output,
-        "seeds": seed_list,
-        "counts": {str(k): v for k, v in sorted(counts.items())},
-        "ddpm_count": ddpm_count,
-        "batch_size": args.batch_size,
-        "cells": [r.as_dict() for r in results],
-        "floor": evaluation.floor_and_ceiling(fid, sorted({c.count for c in cells}), seed_list),
-        "targets": evaluation.check_targets(results, counts, ddpm_count),
-        "seconds_total": time.perf_counter() - started,
-    }
-    markdown = evaluation.markdown_report(report)
-
-    def write(folder: Path) -> None:
-        (folder / "table1.json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
-        (folder / "table1.md").write_text(markdown, encoding="utf-8")
-        evaluation.plot_report(report, str(folder / "table1.png"))
-
-    outputs.write_together(out_dir, write, create=args.out_dir is None)
-    print(markdown)
-    print(f"wrote {out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
-    return 0
+    return results

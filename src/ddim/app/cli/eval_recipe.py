@@ -9,20 +9,17 @@ zero-SNR model, leading against trailing), brightness, and DDIM against DDPM. Ea
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ddim.app import evaluation_framework, recipe_report, timing
 from ddim.app import recipe_evaluation as recipe
-from ddim.app import recipe_report
 from ddim.app.cli import arguments, devices, loading, outputs, usage
 from ddim.app.digits.conditional import NUM_DIGITS
 from ddim.app.digits.sample_metrics import DigitsJudge, mean_brightness
-from ddim.progress import Progress
 from ddim.scheduler import DDIMScheduler
 
 #: Digits per seed of each digit: the sweep, ablation and brightness cells, and DDIM against DDPM (N = 2000).
@@ -114,43 +111,46 @@ def run_part(
     on_seed: Callable[[], None],
 ) -> dict[str, Any]:
     """Every cell of one part, its floors, and (brightness) the data's brightness and each cell's distance to it."""
-    started = time.perf_counter()
-    cells = part_cells(part, args, models)
-    data = {name: brightness_reference(name, judge) for name in models}
-    references = {name: recipe.brightness_summary(values) for name, values in data.items()}
-    results = []
-    for cell in cells:
-        result = recipe.run_recipe_cell(
-            models, cell, seeds, judge, on_seed, keep_brightness=part != "ddpm", batch_size=args.batch_size
-        )
-        entry = result.as_dict()
-        if result.brightness:
-            entry["brightness_w1"] = recipe.wasserstein(result.brightness, data[cell.model])
-            entry["brightness_extreme"] = recipe.extreme_fraction(result.brightness, references[cell.model])
-        results.append(entry)
-    per_digit = cells[0].per_digit
-    draws = per_digit * NUM_DIGITS * len(seeds)
-    resampled_w1 = {name: [recipe.resampled_wasserstein(data[name], draws, seed) for seed in seeds] for name in data}
+    with timing.timed() as elapsed:
+        cells = part_cells(part, args, models)
+        data = {name: brightness_reference(name, judge) for name in models}
+        references = {name: recipe.brightness_summary(values) for name, values in data.items()}
+        results = []
+        for cell in cells:
+            result = recipe.run_recipe_cell(
+                models, cell, seeds, judge, on_seed, keep_brightness=part != "ddpm", batch_size=args.batch_size
+            )
+            entry = result.as_dict()
+            if result.brightness:
+                entry["brightness_w1"] = recipe.wasserstein(result.brightness, data[cell.model])
+                entry["brightness_extreme"] = recipe.extreme_fraction(result.brightness, references[cell.model])
+            results.append(entry)
+        per_digit = cells[0].per_digit
+        draws = per_digit * NUM_DIGITS * len(seeds)
+        resampled_w1 = {
+            name: [recipe.resampled_wasserstein(data[name], draws, seed) for seed in seeds] for name in data
+        }
+        per_class_floor = [judge.per_class_floor(per_digit, seed) for seed in seeds]
+        fid_floor = [judge.fid.floor_and_ceiling(per_digit * 10, seed) for seed in seeds]
     return {
         "part": part,
         "seeds": seeds,
         "per_digit": per_digit,
         "cells": results,
-        "per_class_floor": [judge.per_class_floor(per_digit, seed) for seed in seeds],
-        "fid_floor": [judge.fid.floor_and_ceiling(per_digit * 10, seed) for seed in seeds],
+        "per_class_floor": per_class_floor,
+        "fid_floor": fid_floor,
         "brightness_data": references,
         "brightness_w1_resampled": resampled_w1,
-        "seconds_total": time.perf_counter() - started,
+        "seconds_total": elapsed[0],
     }
 
 
-def run_recipe(args: argparse.Namespace, default_out_dir: Path) -> int:
+def run_recipe(args: argparse.Namespace, seeds: list[int], default_out_dir: Path) -> int:
     """``ddim eval --recipe``: run the chosen parts, write each one's JSON as it ends, rebuild the report."""
     devices.check_device(args.device)
     parts = [] if args.report_only else list(dict.fromkeys(args.parts or recipe_report.PART_NAMES))
     check_recipe_args(args, parts)
     out_dir = outputs.output_folder(args.out_dir, default_out_dir, "recipe.md")
-    seeds = list(range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds)))
     if parts:
         out_dir.mkdir(exist_ok=True)
         run_parts(args, parts, seeds, out_dir)
@@ -173,7 +173,7 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], out_
         needed = {"ablation": {"zero_snr", "control"}, "brightness": set(models)}.get(part, {"zero_snr"})
         chosen = {name: models[name] for name in models if name in needed}
         runs = len(part_cells(part, args, chosen)) * len(seeds)
-        bar = Progress(runs, f"ddim eval --recipe {part}", "seed-run", args.progress)
+        bar = evaluation_framework.seed_run_progress(runs, f"ddim eval --recipe {part}", args.progress)
         try:
             report = run_part(part, args, chosen, judge, seeds, bar.update)
         finally:
@@ -184,7 +184,7 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], out_
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """``report`` as indented JSON at ``path``, atomically."""
-    text = json.dumps(report, indent=1, default=float) + "\n"
+    text = evaluation_framework.report_json(report)
     outputs.write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
