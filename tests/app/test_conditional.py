@@ -195,7 +195,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_sample_digit_writes_one_row_per_digit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tiny_conditional(tmp_path)
     out = tmp_path / "rows.png"
-    common = ["--model", str(model), "--steps", "2", "--no-progress", "--scale", "1"]
+    common = ["--model", str(model), "--steps", "2", "--no-progress", "--scale", "1", "--force"]
     code, stdout, _ = cli(["sample", "--digit", "1", "2", "-n", "3", *common, "-o", str(out)], capsys)
     assert code == 0 and "digit(s) 1 2" in stdout and "guidance 1.5, rescale 0.7" in stdout
     assert png_size(out) == (3 * (8 + GAP) + GAP, 2 * (8 + GAP) + GAP)

@@ -95,18 +95,43 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
-def add_sampling_options(parser: argparse.ArgumentParser, steps: int = 50) -> None:
-    """--steps, --eta, --spacing, --seed, --batch-size."""
-    parser.add_argument("--steps", type=positive_int, default=steps, help=f"DDIM steps S (default: {steps})")
+def add_png_output_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """-o/--output (a .png file) and --force."""
     parser.add_argument(
-        "--eta", type=non_negative_float, default=0.0, help="noise scale: 0 = deterministic DDIM, 1 = DDPM-like"
+        "-o",
+        "--output",
+        type=Path,
+        default=Path(default),
+        help=f"the PNG to write; must end in .png (default: {default}); an existing file is refused unless --force",
     )
+    add_force_option(parser)
+
+
+def add_force_option(parser: argparse.ArgumentParser) -> None:
+    """--force: replace an existing --output."""
+    parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+
+
+def add_spacing_option(parser: argparse.ArgumentParser) -> None:
+    """--spacing: the timestep spacing, default the model's."""
     parser.add_argument(
         "--spacing",
         choices=("leading", "trailing", "linspace"),
         default=None,
         help="timestep spacing (default: the model's scheduler config)",
     )
+
+
+def add_sampling_options(parser: argparse.ArgumentParser, steps: int = 50) -> None:
+    """--steps, --eta, --spacing, --seed, --batch-size."""
+    parser.add_argument("--steps", type=positive_int, default=steps, help=f"DDIM steps S (default: {steps})")
+    parser.add_argument(
+        "--eta",
+        type=non_negative_float,
+        default=0.0,
+        help="noise scale: 0 = deterministic DDIM, 1 = DDPM-like (default: 0)",
+    )
+    add_spacing_option(parser)
     parser.add_argument(
         "--seed", type=seed_int, default=0, help="seed in 0..2**32-1; sample i has its own generator (default: 0)"
     )

@@ -61,7 +61,10 @@ def sample_count(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument(
-        "--quick", action="store_true", help="reduced grid (S 10,20,50 at N=300; eta 0,1; 2 seeds), < 2 min"
+        "--quick",
+        action="store_true",
+        help="reduced grid (S 10,20,50 at N=300; eta 0,1; 2 seeds), about 40 s on one free CPU thread; a smoke run "
+        "that cannot judge the targets",
     )
     parser.add_argument(
         "--counts",

@@ -7,13 +7,13 @@ and of `--seed B`), decoded with deterministic DDIM (eta 0).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from ddim.app import images, timing
 from ddim.app.cli import arguments, devices, loading, outputs
 from ddim.app.seeding import row_generators
+from ddim.app.wording import counted
 from ddim.interpolation import slerp
 from ddim.noise import randn_like_diffusers
 from ddim.sampling import sample
@@ -28,16 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--frames", type=arguments.positive_int, default=9, help="points on the path, ends included (default: 9)"
     )
     parser.add_argument("--steps", type=arguments.positive_int, default=50, help="DDIM steps (default: 50)")
-    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None, help="timestep spacing")
+    arguments.add_spacing_option(parser)
     arguments.add_model_options(parser)
-    parser.add_argument(
-        "-o", "--output", type=Path, default=Path("interpolation.png"), help="PNG (default: interpolation.png)"
-    )
+    arguments.add_png_output_options(parser, "interpolation.png")
 
 
 def run(args: argparse.Namespace) -> int:
     devices.check_device(args.device)
-    outputs.check_output_path(args.output)
+    outputs.check_png_output(args.output, args.force)
     with timing.timed() as elapsed:
         loaded = loading.load_model(args.model, args.device)
         scheduler = loading.configure_spacing(loaded.scheduler, args.spacing)
@@ -58,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         outputs.check_finite(frames, "frames")
         outputs.save_png(args.output, images.image_grid(images.to_uint8(frames.cpu()), args.frames, scale))
     print(
-        f"wrote {args.output} ({args.frames} frames from seed {args.seeds[0]} to seed {args.seeds[1]}) "
+        f"wrote {args.output} ({counted(args.frames, 'frame')} from seed {args.seeds[0]} to seed {args.seeds[1]}) "
         f"in {elapsed[0]:.1f} s"
     )
     return 0

@@ -7,13 +7,13 @@ with the originals (top row) and the reconstructions (bottom row).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from ddim.app import images, timing
 from ddim.app.cli import arguments, devices, loading, outputs, usage
 from ddim.app.digits import SAMPLE_SHAPE, TEST_SIZE, load_digits_split
+from ddim.app.wording import counted
 from ddim.inversion import MAX_FIXED_POINT_ITERATIONS, invert
 from ddim.sampling import sample
 
@@ -38,12 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"refinements per inversion step, 0..{MAX_FIXED_POINT_ITERATIONS} (default: 0)",
     )
     arguments.add_model_options(parser)
-    parser.add_argument("-o", "--output", type=Path, default=Path("inversion.png"), help="PNG (default: inversion.png)")
+    arguments.add_png_output_options(parser, "inversion.png")
 
 
 def run(args: argparse.Namespace) -> int:
     devices.check_device(args.device)
-    outputs.check_output_path(args.output)
+    outputs.check_png_output(args.output, args.force)
     if args.first + args.num_images > TEST_SIZE:
         raise usage.UsageError(
             f"--first {args.first} with -n {args.num_images} runs past the {TEST_SIZE} held-out digits; "
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         pair = torch.cat([originals, decoded]).cpu()
         outputs.save_png(args.output, images.image_grid(images.to_uint8(pair), args.num_images, scale=6))
     print(
-        f"reconstruction error over {args.num_images} held-out digits, {args.steps} steps: RMSE {rmse:.4f}, "
+        f"reconstruction error over {counted(args.num_images, 'held-out digit')}, {counted(args.steps, 'step')}: "
+        f"RMSE {rmse:.4f}, "
         f"max |error| {worst:.4f} (pixel range [-1, 1]); x_T std {float(latents.std()):.3f}"
     )
     print(f"wrote {args.output} (top: originals, bottom: reconstructions) in {elapsed[0]:.1f} s")

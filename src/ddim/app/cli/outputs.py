@@ -103,6 +103,20 @@ def check_output_path(path: Path) -> None:
         raise UsageError(f"cannot write {str(path)!r}: folder {str(folder)!r} is not writable")
 
 
+def check_new_output(path: Path, force: bool, option: str = "--output") -> None:
+    """:func:`check_output_path`, and ``UsageError`` when ``path`` exists unless ``force`` (``--force``) is given."""
+    check_output_path(path)
+    if path.exists() and not force:
+        raise UsageError(f"{option} {str(path)!r} exists; pass --force to replace it")
+
+
+def check_png_output(path: Path, force: bool, option: str = "--output") -> None:
+    """:func:`check_new_output` for a PNG: ``UsageError`` unless ``path`` ends in ``.png``, the one format written."""
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{option} {str(path)!r} must end in .png: ddim writes PNG images only")
+    check_new_output(path, force, option)
+
+
 def output_folder(out_dir: Path | None, default: Path, first_file: str) -> Path:
     """--out-dir, an existing folder where ``first_file`` can be written, else ``default`` (made by the caller)."""
     folder = default if out_dir is None else out_dir

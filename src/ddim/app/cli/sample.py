@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
 
@@ -23,6 +22,8 @@ from ddim.app.digits.conditional import (
     sample_digits,
 )
 from ddim.app.seeding import row_generators
+from ddim.app.wording import counted
+from ddim.progress import Progress
 from ddim.sampling import sample
 from ddim.scheduler import DDIMScheduler
 
@@ -42,9 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     arguments.add_sampling_options(parser)
     arguments.add_model_options(parser)
-    parser.add_argument(
-        "-o", "--output", type=Path, default=Path("samples.png"), help="PNG grid (default: samples.png)"
-    )
+    arguments.add_png_output_options(parser, "samples.png")
     parser.add_argument(
         "--scale", type=arguments.positive_int, default=None, help="pixel upscaling (default: 48 / height)"
     )
@@ -115,35 +114,40 @@ def generate_samples(
     The model's rounding can depend on the batch size (CPU conv/linear kernels), so the bits of a
     sample may change with ``batch_size``; ``--out-dir`` runs fixed micro-batches for bit-identity.
     """
+    bar = Progress(math.ceil(count / batch_size) * steps, "ddim sample", "step", progress)
     batches = []
-    for first in range(start, start + count, batch_size):
-        size = min(batch_size, start + count - first)
-        generators = row_generators(seed, first, size)
-        if labels is not None:
-            batch = sample_digits(
-                loaded.model,
-                scheduler,
-                labels[first - start : first - start + size],
-                steps=steps,
-                guidance_scale=guidance_scale,
-                guidance_rescale=guidance_rescale,
-                eta=eta,
-                generator=generators,
-                device=device,
-                progress=progress,
-            )
-        else:
-            batch = sample(
-                loaded.model,
-                scheduler,
-                (size, *loaded.sample_shape),
-                num_inference_steps=steps,
-                eta=eta,
-                generator=generators,
-                device=device,
-                progress=progress,
-            )
-        batches.append(batch.cpu())
+    try:
+        for first in range(start, start + count, batch_size):
+            size = min(batch_size, start + count - first)
+            generators = row_generators(seed, first, size)
+            if labels is not None:
+                batch = sample_digits(
+                    loaded.model,
+                    scheduler,
+                    labels[first - start : first - start + size],
+                    steps=steps,
+                    guidance_scale=guidance_scale,
+                    guidance_rescale=guidance_rescale,
+                    eta=eta,
+                    generator=generators,
+                    device=device,
+                    callback=lambda *_: bar.update(),
+                )
+            else:
+                batch = sample(
+                    loaded.model,
+                    scheduler,
+                    (size, *loaded.sample_shape),
+                    num_inference_steps=steps,
+                    eta=eta,
+                    generator=generators,
+                    device=device,
+                    progress=False,
+                    callback=lambda *_: bar.update(),
+                )
+            batches.append(batch.cpu())
+    finally:
+        bar.close()
     return torch.cat(batches)
 
 
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     args.num_samples = args.num_samples or DEFAULT_COUNT
     if args.out_dir is not None:
         return run_sharded(args)
-    outputs.check_output_path(args.output)
+    outputs.check_png_output(args.output, args.force)
     with timing.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=False)
         columns = math.ceil(math.sqrt(args.num_samples))
@@ -184,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
         outputs.check_finite(samples)
         outputs.save_png(args.output, images.image_grid(images.to_uint8(samples), columns, scale))
     print(
-        f"wrote {args.output} ({args.num_samples} samples of the {loaded.description}, {args.steps} steps, "
+        f"wrote {args.output} ({counted(args.num_samples, 'sample')} of the {loaded.description}, "
+        f"{counted(args.steps, 'step')}, "
         f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
     )
     return 0
@@ -196,7 +201,7 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
     count = per_digit * len(digits)
     scale_s = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
     rescale = DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale
-    outputs.check_output_path(args.output)
+    outputs.check_png_output(args.output, args.force)
     with timing.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=True)
         columns = per_digit if len(digits) > 1 else math.ceil(math.sqrt(per_digit))
@@ -218,10 +223,10 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
         )
         outputs.check_finite(samples)
         outputs.save_png(args.output, images.image_grid(images.to_uint8(samples), columns, scale))
-    shown = " ".join(str(d) for d in digits) if len(digits) <= 10 else f"{len(digits)} digits"
+    shown = " ".join(str(d) for d in digits) if len(digits) <= 10 else counted(len(digits), "digit")
     print(
-        f"wrote {args.output} ({per_digit} samples of digit(s) {shown} from the {loaded.description}, "
-        f"{args.steps} steps, guidance {scale_s:g}, rescale {rescale:g}, eta {args.eta:g}, seed {args.seed}) "
-        f"in {elapsed[0]:.1f} s"
+        f"wrote {args.output} ({counted(per_digit, 'sample')} of digit(s) {shown} "
+        f"from the {loaded.description}, {counted(args.steps, 'step')}, guidance {scale_s:g}, rescale {rescale:g}, "
+        f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
     )
     return 0

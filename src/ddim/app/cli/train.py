@@ -18,6 +18,7 @@ from ddim.app.cli import arguments, outputs, usage
 from ddim.app.digits.conditional_training import ConditionalTrainConfig, train_conditional
 from ddim.app.digits.training import TrainConfig, save_model, train
 from ddim.app.digits.unet import MAX_CHANNELS, DigitsUNet, UNetConfig
+from ddim.app.wording import counted
 from ddim.progress import Progress
 
 
@@ -38,10 +39,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"default: {defaults.steps}; --conditional: {conditional.steps}",
     )
-    parser.add_argument("--batch-size", type=arguments.positive_int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=arguments.positive_float, default=defaults.learning_rate)
-    parser.add_argument("--warmup-steps", type=arguments.non_negative_int, default=defaults.warmup_steps)
-    parser.add_argument("--ema-decay", type=arguments.unit_interval_float, default=defaults.ema_decay, help="in [0, 1)")
+    parser.add_argument(
+        "--batch-size",
+        type=arguments.positive_int,
+        default=defaults.batch_size,
+        help=f"training digits per step (default: {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=arguments.positive_float,
+        default=defaults.learning_rate,
+        help="peak AdamW learning rate: linear warm-up to it, then cosine decay to 0 "
+        f"(default: {defaults.learning_rate:g})",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=arguments.non_negative_int,
+        default=defaults.warmup_steps,
+        help=f"steps of the linear learning-rate warm-up (default: {defaults.warmup_steps})",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=arguments.unit_interval_float,
+        default=defaults.ema_decay,
+        help=f"decay of the weights' moving average, in [0, 1) (default: {defaults.ema_decay:g})",
+    )
     parser.add_argument(
         "--channels",
         type=lambda text: arguments.parse_int_in(text, 1, MAX_CHANNELS),
@@ -49,7 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"UNet width, a multiple of {groups} up to {MAX_CHANNELS} (default: {defaults.channels}; "
         f"--conditional: {conditional.channels})",
     )
-    parser.add_argument("--seed", type=arguments.seed_int, default=defaults.seed)
+    parser.add_argument(
+        "--seed",
+        type=arguments.seed_int,
+        default=defaults.seed,
+        help=f"seed of the initial weights and of every draw, in 0..2**32-1 (default: {defaults.seed})",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.add_argument(
         "--conditional",
@@ -129,5 +156,6 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
         folder = args.output.parent if str(args.output.parent) else Path(".")
         outputs.write_together(folder, lambda staging: write_model(model, model_config, staging / args.output.name))
-    print(f"wrote {args.output} and {args.output.with_suffix('.json')} ({config.steps} steps) in {elapsed[0]:.0f} s")
+    trained = counted(config.steps, "step")
+    print(f"wrote {args.output} and {args.output.with_suffix('.json')} ({trained}) in {elapsed[0]:.0f} s")
     return 0

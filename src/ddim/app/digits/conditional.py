@@ -26,7 +26,7 @@ import torch
 from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.model import Model
 from ddim.noise import Generator
-from ddim.sampling import sample
+from ddim.sampling import StepCallback, sample
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_real, is_int
 
@@ -102,12 +102,14 @@ def sample_digits(
     device: str | torch.device | None = None,
     progress: bool = False,
     noise: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Samples (len(digits), 1, 8, 8) in [-1, 1]ish, row i of digit ``digits[i]``, with classifier-free guidance.
 
     ``guidance_scale`` s >= 0 (1: the conditional model alone, run without the null-label pass; 0: the
     unconditional one) and ``guidance_rescale`` phi in [0, 1] as in :func:`ddim.sample`; ``generator`` a
-    generator or one per row; ``noise`` a fixed x_T (len(digits), 1, 8, 8) instead of a drawn one.
+    generator or one per row; ``noise`` a fixed x_T (len(digits), 1, 8, 8) instead of a drawn one; ``callback``
+    as :func:`ddim.sample`'s, after every step.
     """
     labels = check_digits(digits)
     check_real("guidance_scale", guidance_scale, 0.0)
@@ -127,4 +129,5 @@ def sample_digits(
         guidance_scale=guidance_scale,
         unconditional_model=unconditional if guided else None,
         guidance_rescale=guidance_rescale if guided else 0.0,
+        callback=callback,
     )
