@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 import torch
 
@@ -119,32 +120,19 @@ def generate_samples(
     try:
         for first in range(start, start + count, batch_size):
             size = min(batch_size, start + count - first)
-            generators = row_generators(seed, first, size)
+            shared: dict[str, Any] = {
+                "eta": eta,
+                "generator": row_generators(seed, first, size),
+                "device": device,
+                "callback": lambda *_: bar.update(),
+            }
             if labels is not None:
-                batch = sample_digits(
-                    loaded.model,
-                    scheduler,
-                    labels[first - start : first - start + size],
-                    steps=steps,
-                    guidance_scale=guidance_scale,
-                    guidance_rescale=guidance_rescale,
-                    eta=eta,
-                    generator=generators,
-                    device=device,
-                    callback=lambda *_: bar.update(),
-                )
+                rows = labels[first - start : first - start + size]
+                shared |= {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale}
+                batch = sample_digits(loaded.model, scheduler, rows, steps=steps, **shared)
             else:
-                batch = sample(
-                    loaded.model,
-                    scheduler,
-                    (size, *loaded.sample_shape),
-                    num_inference_steps=steps,
-                    eta=eta,
-                    generator=generators,
-                    device=device,
-                    progress=False,
-                    callback=lambda *_: bar.update(),
-                )
+                shape = (size, *loaded.sample_shape)
+                batch = sample(loaded.model, scheduler, shape, num_inference_steps=steps, progress=False, **shared)
             batches.append(batch.cpu())
     finally:
         bar.close()

@@ -10,6 +10,7 @@ the class-conditional v-prediction UNet on Stable Diffusion's schedule rescaled 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,15 @@ from ddim.app.digits.training import TrainConfig, save_model, train
 from ddim.app.digits.unet import MAX_CHANNELS, DigitsUNet, UNetConfig
 from ddim.app.wording import counted
 from ddim.progress import Progress
+
+#: The training options with TrainConfig's defaults (for both models): flag, argparse type, what it sets.
+HYPERPARAMETERS: tuple[tuple[str, Callable[[str], float], str], ...] = (
+    ("--batch-size", arguments.positive_int, "training digits per step"),
+    ("--learning-rate", arguments.positive_float, "peak AdamW learning rate (linear warm-up, then cosine decay to 0)"),
+    ("--warmup-steps", arguments.non_negative_int, "steps of the linear learning-rate warm-up"),
+    ("--ema-decay", arguments.unit_interval_float, "decay of the weights' moving average, in [0, 1)"),
+    ("--seed", arguments.seed_int, "seed of the initial weights and of every draw, in 0..2**32-1"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,43 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"default: {defaults.steps}; --conditional: {conditional.steps}",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=arguments.positive_int,
-        default=defaults.batch_size,
-        help=f"training digits per step (default: {defaults.batch_size})",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=arguments.positive_float,
-        default=defaults.learning_rate,
-        help="peak AdamW learning rate: linear warm-up to it, then cosine decay to 0 "
-        f"(default: {defaults.learning_rate:g})",
-    )
-    parser.add_argument(
-        "--warmup-steps",
-        type=arguments.non_negative_int,
-        default=defaults.warmup_steps,
-        help=f"steps of the linear learning-rate warm-up (default: {defaults.warmup_steps})",
-    )
-    parser.add_argument(
-        "--ema-decay",
-        type=arguments.unit_interval_float,
-        default=defaults.ema_decay,
-        help=f"decay of the weights' moving average, in [0, 1) (default: {defaults.ema_decay:g})",
-    )
+    for flag, kind, text in HYPERPARAMETERS:
+        default = getattr(defaults, flag.removeprefix("--").replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default:g})")
     parser.add_argument(
         "--channels",
         type=lambda text: arguments.parse_int_in(text, 1, MAX_CHANNELS),
         default=None,
         help=f"UNet width, a multiple of {groups} up to {MAX_CHANNELS} (default: {defaults.channels}; "
         f"--conditional: {conditional.channels})",
-    )
-    parser.add_argument(
-        "--seed",
-        type=arguments.seed_int,
-        default=defaults.seed,
-        help=f"seed of the initial weights and of every draw, in 0..2**32-1 (default: {defaults.seed})",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.add_argument(
