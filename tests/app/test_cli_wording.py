@@ -266,3 +266,13 @@ def test_the_clip_sample_pointers_name_the_page_that_explains_the_trap() -> None
     (action,) = [a for a in subparser("eval")._actions if "--clip-sample" in a.option_strings]
     assert action.help is not None and "docs/evaluation.md, 'The clip_sample trap'" in action.help
     assert "\n## The clip_sample trap\n" in (ROOT / "docs" / "evaluation.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("recipe", [[], ["--recipe"]])
+def test_both_evaluations_refuse_seeds_past_the_limit(
+    recipe: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["eval", *recipe, "--first-seed", "4294967295", "--seeds", "2", "--out-dir", str(tmp_path)]
+    code, _, err = cli(argv, capsys)
+    assert "--first-seed 4294967295 + --seeds 2 must be at most 2**32" in one_line_error(code, err)
+    assert list(tmp_path.iterdir()) == []
