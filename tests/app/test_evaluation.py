@@ -162,7 +162,7 @@ def test_ddpm_step_of_diffusers_is_the_eta_one_step_on_the_full_grid(t: int) -> 
     theirs = diffusers.DDPMScheduler(clip_sample=False)  # variance_type="fixed_small": posterior variance
     theirs.set_timesteps(1000)
     generator = torch.Generator().manual_seed(t)
-    x, eps = (torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64) for _ in range(2))
+    x, eps = (torch.randn(4, *SAMPLE_SHAPE, generator=generator, dtype=torch.float64) for _ in range(2))
     expected = theirs.step(eps, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     got = ours.step(eps, t, x, eta=1.0, variance_noise=noise).prev_sample
