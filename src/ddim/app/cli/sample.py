@@ -139,6 +139,12 @@ def generate_samples(
     return torch.cat(batches)
 
 
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword options of :func:`generate_samples` that the command line gives (steps, eta, seed, ...)."""
+    names = ("steps", "eta", "seed", "batch_size", "device", "progress")
+    return {name: getattr(args, name) for name in names}
+
+
 def load_for_grid(args: argparse.Namespace, conditional: bool) -> tuple[loading.LoadedModel, DDIMScheduler, int]:
     """The model of ``--model``, its scheduler with ``--spacing`` applied and ``--steps`` checked, and the PNG
     upscale factor (``--scale``, or about 48 pixels a side)."""
@@ -162,23 +168,12 @@ def run(args: argparse.Namespace) -> int:
         columns = math.ceil(math.sqrt(args.num_samples))
         lower = "--scale or -n (--out-dir writes any number of samples)"
         outputs.check_grid_size(args.num_samples, columns, loaded.sample_shape, scale, lower)
-        samples = generate_samples(
-            loaded,
-            scheduler,
-            args.num_samples,
-            steps=args.steps,
-            eta=args.eta,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
-            progress=args.progress,
-        )
+        samples = generate_samples(loaded, scheduler, args.num_samples, **sampling_options(args))
         outputs.check_finite(samples)
         outputs.save_png(args.output, images.image_grid(images.to_uint8(samples), columns, scale))
     print(
         f"wrote {args.output} ({counted(args.num_samples, 'sample')} of the {loaded.description}, "
-        f"{counted(args.steps, 'step')}, "
-        f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
+        f"{counted(args.steps, 'step')}, eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
     )
     return 0
 
@@ -195,20 +190,9 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
         columns = per_digit if len(digits) > 1 else math.ceil(math.sqrt(per_digit))
         outputs.check_grid_size(count, columns, loaded.sample_shape, scale, "--scale, -n or the number of digits")
         labels = torch.tensor(digits, dtype=torch.int64).repeat_interleave(per_digit)
-        samples = generate_samples(
-            loaded,
-            scheduler,
-            count,
-            steps=args.steps,
-            eta=args.eta,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
-            progress=args.progress,
-            labels=labels,
-            guidance_scale=scale_s,
-            guidance_rescale=rescale,
-        )
+        guidance = {"guidance_scale": scale_s, "guidance_rescale": rescale}
+        options: dict[str, Any] = {**guidance, **sampling_options(args)}
+        samples = generate_samples(loaded, scheduler, count, labels=labels, **options)
         outputs.check_finite(samples)
         outputs.save_png(args.output, images.image_grid(images.to_uint8(samples), columns, scale))
     shown = " ".join(str(d) for d in digits) if len(digits) <= 10 else counted(len(digits), "digit")
