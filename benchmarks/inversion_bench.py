@@ -129,13 +129,16 @@ def reconstruction(name: str, model: Any, scheduler: ddim.DDIMScheduler, x0: tor
 
 
 def generation(model: Any, scheduler: ddim.DDIMScheduler, count: int, seeds: list[int]) -> list[dict[str, Any]]:
+    from ddim.app.digits import SAMPLE_SHAPE
     from ddim.app.digits.fid import DigitsFID
 
     fid = DigitsFID()
     results: dict[str, dict[str, list[float]]] = {label: {"fids": [], "seconds": []} for label, _ in GENERATORS}
     for seed in seeds:
         generator = torch.Generator().manual_seed(seed)
-        noises = [randn_like_diffusers((min(BATCH, count - i), 1, 8, 8), generator) for i in range(0, count, BATCH)]
+        noises = [
+            randn_like_diffusers((min(BATCH, count - i), *SAMPLE_SHAPE), generator) for i in range(0, count, BATCH)
+        ]
         for label, options in GENERATORS:
             start = time.perf_counter()
             if options:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddim.app.atomic import write_atomically
 from ddim.app.digits import load_digits_split, load_pretrained
 from ddim.app.digits.classifier import NUM_CLASSES, DigitsClassifier, load_classifier
 from ddim.app.digits.data import DigitsSplit
@@ -43,7 +44,6 @@ from ddim.app.digits.policy_gradient import (
 )
 from ddim.app.evaluation import floor_and_ceiling, seed_spread
 from ddim.app.images import image_grid, to_images
-from ddim.atomic import write_atomically
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import ARGUMENT_ERRORS
 

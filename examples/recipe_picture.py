@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ddim.app.digits import load_pretrained, sample_digits, to_images
+from ddim.app.atomic import write_atomically
+from ddim.app.digits import SAMPLE_SHAPE, load_pretrained, sample_digits, to_images
 from ddim.app.images import image_grid
 from ddim.app.recipe_evaluation import balanced_digits
-from ddim.atomic import write_atomically
 from ddim.scheduler import DDIMScheduler
 
 #: (guidance scale, guidance rescale) of each panel, left to right.
@@ -47,7 +47,7 @@ def panel(
 def picture(per_digit: int = 4, steps: int = 50, seed: int = 0, zoom: int = 4) -> np.ndarray:
     """Every panel of :data:`PANELS` side by side, each captioned with its s and phi."""
     model, scheduler = load_pretrained(conditional=True)
-    noise = torch.randn((10 * per_digit, 1, 8, 8), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn((10 * per_digit, *SAMPLE_SHAPE), generator=torch.Generator().manual_seed(seed))
     columns = []
     for scale, rescale in PANELS:
         grid = image_grid(panel(model, scheduler, noise, scale, rescale, steps), per_digit, zoom)

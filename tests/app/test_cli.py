@@ -347,6 +347,7 @@ def test_diffusers_pipeline_folder_runs_with_our_scheduler(tmp_path: Path, capsy
     )
     assert code == 0 and "diffusers pipeline" in stdout
     assert "clip_sample=True" in err  # DDPMScheduler's default config: the user is warned about the trap
+    assert "see docs/evaluation.md, 'The clip_sample trap'" in err  # where the trap is explained
     with Image.open(out) as image:
         assert image.mode == "RGB" and image.size == (grid_side(2, 6), grid_side(1, 6))
     for weights in (tmp_path / "pipe" / "unet").glob("*.safetensors"):

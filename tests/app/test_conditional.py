@@ -14,6 +14,7 @@ from ddim.app.digits import (
     CONDITIONAL_CONFIG_NAME,
     CONDITIONAL_WEIGHTS_NAME,
     NULL_LABEL,
+    SAMPLE_SHAPE,
     DigitsUNet,
     UNetConfig,
     load_model,
@@ -54,7 +55,7 @@ def tiny_conditional(tmp_path: Path, name: str = "cond.safetensors") -> Path:
 # --------------------------------------------------------------------------- the network
 def test_a_conditional_unet_takes_labels_per_row_or_one_for_all() -> None:
     model = DigitsUNet(UNetConfig(channels=8, time_dim=16, num_classes=11)).eval()
-    x = torch.randn(3, 1, 8, 8)
+    x = torch.randn(3, *SAMPLE_SHAPE)
     with torch.no_grad():
         same = model(x, 5, 7)
         assert torch.equal(same, model(x, torch.tensor([5, 5, 5]), torch.tensor([7, 7, 7])))
@@ -74,7 +75,7 @@ def test_the_unconditional_unet_is_unchanged_and_refuses_labels() -> None:
     assert not any("class_embedding" in name for name in model.state_dict())
     assert UNetConfig(channels=8).to_dict() == {"channels": 8, "time_dim": 64, "groups": 8}
     with pytest.raises(ValueError, match="unconditional"):
-        model(torch.randn(1, 1, 8, 8), 3, 1)
+        model(torch.randn(1, *SAMPLE_SHAPE), 3, 1)
     with pytest.raises(ValueError, match="num_classes=1 is not allowed"):
         UNetConfig(num_classes=1)
     with pytest.raises(ValueError, match="num_classes=2000 is out of range"):
@@ -120,7 +121,7 @@ def test_a_few_training_steps_run_are_seeded_and_save_a_loadable_model(zero_snr:
     loaded, scheduler = load_model(save_model(first, info, tmp_path / "c.safetensors")[0])
     assert scheduler.config.rescale_betas_zero_snr is zero_snr
     assert (float(scheduler.alphas_cumprod[-1]) == 0.0) is zero_snr
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 999])
+    x, t = torch.randn(2, *SAMPLE_SHAPE), torch.tensor([3, 999])
     with torch.no_grad():
         assert torch.equal(loaded(x, t, torch.tensor([1, 10])), first(x, t, torch.tensor([1, 10])))
 
@@ -195,7 +196,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_sample_digit_writes_one_row_per_digit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tiny_conditional(tmp_path)
     out = tmp_path / "rows.png"
-    common = ["--model", str(model), "--steps", "2", "--no-progress", "--scale", "1"]
+    common = ["--model", str(model), "--steps", "2", "--no-progress", "--scale", "1", "--force"]
     code, stdout, _ = cli(["sample", "--digit", "1", "2", "-n", "3", *common, "-o", str(out)], capsys)
     assert code == 0 and "digit(s) 1 2" in stdout and "guidance 1.5, rescale 0.7" in stdout
     assert png_size(out) == (3 * (8 + GAP) + GAP, 2 * (8 + GAP) + GAP)

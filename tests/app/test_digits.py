@@ -9,6 +9,7 @@ import torch
 import ddim
 from ddim import DDIMScheduler
 from ddim.app.digits import (
+    SAMPLE_SHAPE,
     DigitsUNet,
     UNetConfig,
     load_digits_split,
@@ -50,7 +51,7 @@ def test_to_images_rejects_other_shapes() -> None:
 
 def test_unet_maps_a_batch_to_its_own_shape_with_scalar_or_per_row_timesteps() -> None:
     model = DigitsUNet(UNetConfig(channels=8)).eval()
-    x = torch.randn(3, 1, 8, 8)
+    x = torch.randn(3, *SAMPLE_SHAPE)
     with torch.no_grad():
         assert model(x, torch.tensor([1, 2, 3])).shape == x.shape
         assert torch.allclose(model(x, 5), model(x, torch.tensor([5, 5, 5])))
@@ -86,7 +87,8 @@ def shipped_samples(count: int, steps: int, seed: int) -> torch.Tensor:
     """``count`` eta = 0 samples of the shipped model, x_T from ``torch.Generator().manual_seed(seed)``."""
     model, scheduler = load_pretrained()
     generator = torch.Generator().manual_seed(seed)
-    return sample(model, scheduler, (count, 1, 8, 8), num_inference_steps=steps, generator=generator, progress=False)
+    shape = (count, *SAMPLE_SHAPE)
+    return sample(model, scheduler, shape, num_inference_steps=steps, generator=generator, progress=False)
 
 
 def test_ten_step_sample_matches_the_recorded_reference() -> None:
@@ -101,7 +103,7 @@ def test_samples_look_like_digits_to_the_classifier() -> None:
     x = shipped_samples(40, steps=20, seed=0)
     with torch.no_grad():
         confidence = torch.softmax(load_classifier()(x.clamp(-1, 1)), dim=1).max(dim=1).values
-        noise = torch.softmax(load_classifier()(torch.randn(40, 1, 8, 8).clamp(-1, 1)), dim=1).max(dim=1).values
+        noise = torch.softmax(load_classifier()(torch.randn(40, *SAMPLE_SHAPE).clamp(-1, 1)), dim=1).max(dim=1).values
     assert float(confidence.median()) > 0.9
     assert float(noise.median()) < float(confidence.median())
 

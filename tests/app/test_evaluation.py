@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ddim import DDIMScheduler
+from ddim.app.digits import SAMPLE_SHAPE
 from ddim.app.evaluation import Cell, CellResult, check_targets, markdown_report, run_cell, table1_cells
 from ddim.sampling import sample
 
@@ -106,7 +107,7 @@ def test_run_cell_draws_batches_in_turn_from_one_generator_per_seed() -> None:
         runs[batch_size] = fid.samples
 
     def one_call(count: int, seed: int) -> torch.Tensor:
-        shape = (count, 1, 8, 8)
+        shape = (count, *SAMPLE_SHAPE)
         generator = torch.Generator().manual_seed(seed)
         return sample(shrink, scheduler, shape, num_inference_steps=5, eta=1.0, generator=generator, progress=False)
 
@@ -161,7 +162,7 @@ def test_ddpm_step_of_diffusers_is_the_eta_one_step_on_the_full_grid(t: int) -> 
     theirs = diffusers.DDPMScheduler(clip_sample=False)  # variance_type="fixed_small": posterior variance
     theirs.set_timesteps(1000)
     generator = torch.Generator().manual_seed(t)
-    x, eps = (torch.randn(4, 1, 8, 8, generator=generator, dtype=torch.float64) for _ in range(2))
+    x, eps = (torch.randn(4, *SAMPLE_SHAPE, generator=generator, dtype=torch.float64) for _ in range(2))
     expected = theirs.step(eps, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     got = ours.step(eps, t, x, eta=1.0, variance_noise=noise).prev_sample

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddim.app.digits import load_digits_split
+from ddim.app.digits import SAMPLE_SHAPE, load_digits_split
 from ddim.app.digits.classifier import FEATURE_DIM, DigitsClassifier, accuracy, load_classifier
 from ddim.app.digits.fid import DigitsFID, FeatureStatistics, feature_statistics, frechet_distance
 
@@ -84,7 +84,7 @@ def test_real_digits_score_far_below_noise(fid: DigitsFID) -> None:
 def test_fid_falls_as_samples_are_mixed_with_real_digits(fid: DigitsFID) -> None:
     generator = torch.Generator().manual_seed(0)
     real = fid.data.test_images[:200]
-    noise = torch.randn((200, 1, 8, 8), generator=generator)
+    noise = torch.randn((200, *SAMPLE_SHAPE), generator=generator)
     half = torch.cat([real[:100], noise[:100]])
     assert fid(real) < fid(half) < fid(noise)
 

@@ -13,7 +13,7 @@ import torch
 
 import ddim
 from ddim import ddim_step_with_logprob
-from ddim.app.digits import load_digits_split, load_pretrained
+from ddim.app.digits import SAMPLE_SHAPE, load_digits_split, load_pretrained
 from ddim.app.digits.classifier import load_classifier
 from ddim.app.digits.policy_gradient import (
     PolicyGradientConfig,
@@ -50,7 +50,7 @@ def test_trajectories_are_the_samples_of_ddim_sample_and_their_log_probs_rescore
     unet, scheduler = model
     trajectories = sample_trajectories(unet, scheduler, 4, 5, 1.0, torch.Generator().manual_seed(7))
     expected = ddim.sample(
-        unet, scheduler, (4, 1, 8, 8), num_inference_steps=5, eta=1.0, generator=torch.Generator().manual_seed(7)
+        unet, scheduler, (4, *SAMPLE_SHAPE), num_inference_steps=5, eta=1.0, generator=torch.Generator().manual_seed(7)
     )
     torch.testing.assert_close(trajectories.samples, expected, rtol=0, atol=1e-5)
     # The grid's last step (t = 0) lands on abar = 1: sigma 0, not part of the policy.
@@ -65,7 +65,7 @@ def test_trajectories_are_the_samples_of_ddim_sample_and_their_log_probs_rescore
 
 def test_reward_is_a_probability_and_high_on_real_digits_of_the_target(classifier) -> None:
     data = load_digits_split()
-    noise = torch.randn((16, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 3
+    noise = torch.randn((16, *SAMPLE_SHAPE), generator=torch.Generator().manual_seed(0)) * 3
     for samples in (noise, data.test_images[:64]):
         p = target_probability(classifier, samples, 3)
         assert p.shape == (samples.shape[0],) and bool(((p >= 0) & (p <= 1)).all())
@@ -100,7 +100,7 @@ def test_kl_penalty_is_the_kl_of_the_two_step_gaussians(model) -> None:
     with torch.no_grad():
         other.out.bias.add_(0.3)
     scheduler.set_timesteps(10)
-    x = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(2))
+    x = torch.randn((3, *SAMPLE_SHAPE), generator=torch.Generator().manual_seed(2))
     for t in (900, 500, 100):
         eps, eps_ref = unet(x, torch.full((3,), t)), other(x, torch.full((3,), t))
         mu_ref = scheduler.step(eps_ref, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
@@ -217,7 +217,7 @@ def test_bad_config_values_raise_value_errors_naming_them(field, value) -> None:
 
 def test_bad_arguments_of_the_helpers_raise_value_errors_naming_them(classifier) -> None:
     with pytest.raises(ValueError, match="target"):
-        target_probability(classifier, torch.zeros(2, 1, 8, 8), -1)
+        target_probability(classifier, torch.zeros(2, *SAMPLE_SHAPE), -1)
     with pytest.raises(ValueError, match="samples"):
         target_probability(classifier, torch.zeros(2, 8, 8), 3)
     with pytest.raises(ValueError, match="rewards"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddim.app.cli import main
-from ddim.app.digits import DigitsUNet, UNetConfig, load_digits_split
+from ddim.app.digits import SAMPLE_SHAPE, DigitsUNet, UNetConfig, load_digits_split
 from ddim.app.digits.conditional import scheduler_config
 from ddim.app.digits.conditional_training import ConditionalTrainConfig, invert_randomly
 from ddim.app.digits.sample_metrics import (
@@ -50,7 +50,7 @@ def tiny_conditional(folder: Path, name: str, zero_snr: bool = True) -> Path:
 
 # --------------------------------------------------------------------------- measurements
 def test_overexposure_counts_pixels_beyond_one_grey_level_outside_the_range() -> None:
-    x = torch.zeros(2, 1, 8, 8)
+    x = torch.zeros(2, *SAMPLE_SHAPE)
     x[0, 0, 0, :3] = 1.2  # over
     x[1, 0, 5, 5] = -1.0 - OVEREXPOSURE_MARGIN - 1e-3  # over
     x[1, 0, 6, 6] = 1.1  # within one grey level: not counted
@@ -60,7 +60,7 @@ def test_overexposure_counts_pixels_beyond_one_grey_level_outside_the_range() ->
 
 
 def test_brightness_is_the_clipped_mean_and_pixel_std_is_unclipped() -> None:
-    x = torch.full((3, 1, 8, 8), 2.0)
+    x = torch.full((3, *SAMPLE_SHAPE), 2.0)
     x[1] = -0.5
     x[2, 0, :4] = -1.0
     x[2, 0, 4:] = 3.0
@@ -282,7 +282,7 @@ def test_the_guidance_picture_has_one_panel_per_setting_from_the_same_noise() ->
     width = 8 + 2 * 3  # one 8-pixel cell with the grid's padding on both sides
     assert image.shape == (module.LABEL_HEIGHT + 10 * 11 + 3, panels * width + (panels - 1) * 6)
     model, scheduler = module.load_pretrained(conditional=True)
-    noise = torch.randn((10, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((10, *SAMPLE_SHAPE), generator=torch.Generator().manual_seed(0))
     unguided = module.panel(model, scheduler, noise, 1.0, 0.0, 3)
     strong = module.panel(model, scheduler, noise, 8.0, 0.0, 3)
     assert unguided.shape == (10, 8, 8) and not np.array_equal(unguided, strong)
@@ -295,7 +295,7 @@ def test_an_epsilon_model_cannot_take_the_first_step_from_zero_snr_like_diffuser
     ours, theirs = DDIMScheduler(**config), diffusers.DDIMScheduler(**config)
     for scheduler in (ours, theirs):
         scheduler.set_timesteps(10)
-    x, eps = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    x, eps = torch.randn(2, *SAMPLE_SHAPE), torch.randn(2, *SAMPLE_SHAPE)
     mine, reference = ours.step(eps, 999, x).pred_original_sample, theirs.step(eps, 999, x).pred_original_sample
     assert not torch.isfinite(mine).any() and not torch.isfinite(reference).any()
     v_config = DDIMScheduler(**scheduler_config(True))

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ddim import DDIMScheduler
+from ddim.app.digits import SAMPLE_SHAPE
 from ddim.app.seeding import SEED_RULE, sample_generators, sample_seeds
 from ddim.app.shards import (
     FixedBatchModel,
@@ -38,7 +39,7 @@ from ddim.app.shards.layout import MANIFEST_NAME
 from ddim.app.shards.manifest import model_description
 from ddim.sampling import sample
 
-SHAPE = (1, 8, 8)
+SHAPE = SAMPLE_SHAPE
 #: The configuration shared by the tests (and the torchrun worker): small enough for CI.
 SETTINGS: dict[str, Any] = {
     "num_samples": 20,

@@ -45,7 +45,7 @@ def test_cli_sample_verify_merge_and_resume(tmp_path: Path, capsys: pytest.Captu
     ("extra", "message"),
     [
         (["--eta", "0.5"], "another configuration (eta: manifest has 0.0, this run has 0.5)"),
-        (["--batch-size", "6"], "multiples of micro_batch=4"),
+        (["--batch-size", "6"], "--batch-size 6 must be a multiple of --micro-batch 4"),
     ],
 )
 def test_cli_sample_errors_exit_2_with_one_line(

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddim.app.digits import load_model
+from ddim.app.digits import SAMPLE_SHAPE, load_model
 from ddim.app.digits.training import TrainConfig, learning_rate_at, save_model, train, update_ema
 
 TINY = TrainConfig(steps=3, batch_size=8, channels=8, warmup_steps=1, ema_decay=0.5)
@@ -24,7 +24,7 @@ def test_training_is_reproducible_and_saves_a_loadable_model(tmp_path) -> None:
     weights, config_path = save_model(first, config, tmp_path / "tiny.safetensors")
     assert config_path.name == "tiny.json"
     loaded, scheduler = load_model(weights)
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 900])
+    x, t = torch.randn(2, *SAMPLE_SHAPE), torch.tensor([3, 900])
     with torch.no_grad():
         assert torch.equal(loaded(x, t), first(x, t))
     assert scheduler.config.clip_sample is False

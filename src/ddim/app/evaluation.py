@@ -13,7 +13,6 @@ eta, and the DDIM-vs-DDPM comparison (S = 50, eta = 0 against S = 1000, eta = 1)
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.app.digits.fid import DigitsFID
+from ddim.app.evaluation_framework import pyplot, run_seeds, save_figure, seed_spread, target, targets_table
 from ddim.model import Model
 from ddim.sampling import sample
 from ddim.scheduler import DDIMScheduler
@@ -36,6 +37,15 @@ TABLE1_COUNTS: dict[int, int] = {10: 5000, 20: 5000, 50: 1000, 100: 500, 1000: 1
 REFERENCE_STEPS = 50
 #: Samples per seed of the DDIM-vs-DDPM comparison: at N = 500 the seed spread of both was 2.5-4 (mean 8-12).
 DDPM_COUNT = 1000
+#: The reduced grid of ``ddim eval --quick`` (with ``QUICK_SEEDS`` seeds): a smoke test, too small to judge targets.
+QUICK_COUNTS: dict[int, int] = {10: 300, 20: 300, 50: 300}
+QUICK_ETAS: tuple[float, ...] = (0.0, 1.0)
+#: Said above the targets of a quick run: its "met" column is no verdict on the paper.
+QUICK_NOTE = (
+    "Quick mode (--quick: N = 300 per seed, 2 seeds) cannot judge these targets: at this N the seed spread of "
+    "digits-FID hides the differences they test, so a 'no' is no finding. "
+    "Run `ddim eval` without --quick to judge them."
+)
 #: Samples per model call of the evaluation: per sample, batches of 256-1000 ran 1.5x faster on this CPU than 5000.
 EVAL_BATCH_SIZE = 500
 
@@ -47,11 +57,6 @@ class Cell:
     steps: int
     eta: float
     count: int
-
-
-def seed_spread(values: Sequence[float]) -> float:
-    """Standard deviation over seeds (ddof = 1; 0 for one seed)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 @dataclass
@@ -115,15 +120,14 @@ def run_cell(
     turn, so the samples depend on the seed and on ``batch_size``.
     """
     check_int("batch_size", batch_size, minimum=1)
-    result = CellResult(cell)
-    for seed in seeds:
+
+    def draw(seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
-        start = time.perf_counter()
         batches = [
             sample(
                 model,
                 scheduler,
-                (min(batch_size, cell.count - first), 1, 8, 8),
+                (min(batch_size, cell.count - first), *SAMPLE_SHAPE),
                 num_inference_steps=cell.steps,
                 eta=cell.eta,
                 generator=generator,
@@ -133,12 +137,10 @@ def run_cell(
             )
             for first in range(0, cell.count, batch_size)
         ]
-        samples = torch.cat(batches)
-        result.seconds.append(time.perf_counter() - start)
-        result.fids.append(fid(samples))
-        if on_seed is not None:
-            on_seed()
-    return result
+        return torch.cat(batches)
+
+    fids, seconds = run_seeds(seeds, draw, fid, on_seed)
+    return CellResult(cell, fids, seconds)
 
 
 def floor_and_ceiling(fid: DigitsFID, counts: Sequence[int], seeds: Sequence[int]) -> dict[str, dict[str, list[float]]]:
@@ -167,7 +169,7 @@ def check_targets(
     checks: list[dict[str, Any]] = []
 
     def add(name: str, passed: bool, detail: str) -> None:
-        checks.append({"target": name, "passed": bool(passed), "detail": detail})
+        checks.append(target(name, passed, detail))
 
     def fmt(r: CellResult) -> str:
         return f"{r.mean:.2f} +- {r.spread:.2f}"
@@ -271,18 +273,15 @@ def markdown_report(report: dict[str, Any]) -> str:
             + " |"
         )
     if report["targets"]:
-        lines += ["", "| target | met | measured |", "|---|---|---|"]
-        lines += [f"| {c['target']} | {'yes' if c['passed'] else 'no'} | {c['detail']} |" for c in report["targets"]]
+        if report.get("quick"):
+            lines += ["", QUICK_NOTE]
+        lines += ["", *targets_table(report["targets"])]
     return "\n".join(lines) + "\n"
 
 
 def plot_report(report: dict[str, Any], path: str) -> None:
     """FID against S (log x axis), one line per eta, seed spread as error bars, the real-data floor dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     cells = report["cells"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -330,6 +329,4 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     counts = ", ".join(f"S={k}: {v}" for k, v in report["counts"].items())
     axis.set_title(f"DDIM on digits, samples per seed: {counts}", fontsize=8)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    save_figure(figure, path)

@@ -17,7 +17,6 @@ Comparisons are made at equal sample counts, as FID is biased by the count.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 
 from ddim.app.digits.conditional import DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, NUM_DIGITS, sample_digits
 from ddim.app.digits.sample_metrics import DigitsJudge, mean_brightness, overexposed_fraction, pixel_std
-from ddim.app.evaluation import seed_spread
+from ddim.app.evaluation_framework import run_seeds, seed_spread
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import check_int
 
@@ -166,16 +165,18 @@ def run_recipe_cell(
     model, scheduler = models[cell.model]
     first, snr = first_timestep_and_snr(cell_scheduler(scheduler, cell), cell.steps)
     result = RecipeResult(cell, first_timestep=first, first_snr=snr)
-    for seed in seeds:
-        start = time.perf_counter()
-        samples, digits = sample_cell(model, scheduler, cell, seed, batch_size)
-        result.seconds.append(time.perf_counter() - start)
-        for name, value in measure(judge, samples, digits).items():
+
+    def score(drawn: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, float], list[float]]:
+        samples, digits = drawn
+        return measure(judge, samples, digits), mean_brightness(samples).tolist() if keep_brightness else []
+
+    scores, result.seconds = run_seeds(
+        seeds, lambda seed: sample_cell(model, scheduler, cell, seed, batch_size), score, on_seed
+    )
+    for values, brightness in scores:
+        for name, value in values.items():
             result.values[name].append(value)
-        if keep_brightness:
-            result.brightness.extend(mean_brightness(samples).tolist())
-        if on_seed is not None:
-            on_seed()
+        result.brightness.extend(brightness)
     return result
 
 

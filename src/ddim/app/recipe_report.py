@@ -18,7 +18,7 @@ import numpy as np
 
 from ddim.app.digits.data import load_digits_split
 from ddim.app.digits.sample_metrics import OVEREXPOSURE_MARGIN, pixel_std
-from ddim.app.evaluation import seed_spread
+from ddim.app.evaluation_framework import pyplot, save_figure, seed_spread, target, targets_table
 from ddim.app.recipe_evaluation import DDPM_STEPS
 
 PART_FILE = "recipe_{}.json"
@@ -197,7 +197,7 @@ def check_targets(parts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def add(name: str, passed: bool, detail: str) -> None:
-        checks.append({"target": name, "passed": bool(passed), "detail": detail})
+        checks.append(target(name, passed, detail))
 
     sweep = parts.get("sweep", {}).get("cells", [])
     at = {(c["guidance_scale"], c["guidance_rescale"]): c for c in sweep}
@@ -265,9 +265,7 @@ def markdown_report(parts: dict[str, dict[str, Any]], data_std: float) -> str:
             lines += [*sections[name](parts[name]), ""]
     targets = check_targets(parts)
     if targets:
-        lines += ["### Targets", "", "| target | met | measured |", "|---|---|---|"]
-        lines += [f"| {t['target']} | {'yes' if t['passed'] else 'no'} | {t['detail']} |" for t in targets]
-        lines.append("")
+        lines += ["### Targets", "", *targets_table(targets), ""]
     seconds = sum(part.get("seconds_total", 0.0) for part in parts.values())
     lines.append(f"Sampling and scoring time of these parts: {seconds / 60:.0f} min on one CPU thread each.")
     return "\n".join(lines) + "\n"
@@ -275,11 +273,9 @@ def markdown_report(parts: dict[str, dict[str, Any]], data_std: float) -> str:
 
 def plot_tradeoff(part: dict[str, Any], path: Path) -> None:
     """Accuracy against per-class FID along the sweep (one line per phi), and the over-exposed fraction against s."""
-    import matplotlib
+    from matplotlib.ticker import NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     for index, rescale in enumerate(sorted({c["guidance_rescale"] for c in part["cells"]})):
         line = sorted((c for c in part["cells"] if c["guidance_rescale"] == rescale), key=lambda c: c["guidance_scale"])
@@ -306,7 +302,7 @@ def plot_tradeoff(part: dict[str, Any], path: Path) -> None:
     left.set_ylim(-0.02, 2 * worst + 0.1)
     ticks = [10, 20, 30, 50, 100, 200, 500]
     left.set_xticks(ticks, [str(t) for t in ticks])
-    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    left.xaxis.set_minor_formatter(NullFormatter())
     left.set_xlabel("per-class digits-FID (log scale, lower is better)")
     left.set_ylabel("digits misclassified (%, symlog)")
     left.set_title("guidance trade-off (zero-SNR model, S = 50; s = 0 off the chart)", fontsize=9)
@@ -315,18 +311,12 @@ def plot_tradeoff(part: dict[str, Any], path: Path) -> None:
     right.set_title("over-exposure before clipping", fontsize=9)
     for axis in (left, right):
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_brightness(part: dict[str, Any], path: Path) -> None:
     """Histograms of per-image mean brightness, samples against data, one panel per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cells = part["cells"]
     figure, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.0), dpi=120, squeeze=False)
     for axis, cell in zip(axes[0], cells, strict=True):
@@ -337,9 +327,7 @@ def plot_brightness(part: dict[str, Any], path: Path) -> None:
         axis.set_title(MODEL_NAMES.get(cell["model"], cell["model"]), fontsize=8)
         axis.set_xlabel("per-image mean pixel")
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_report(folder: Path, parts: dict[str, dict[str, Any]]) -> None:

@@ -16,7 +16,8 @@ from typing import NoReturn
 import torch
 
 from ddim import __version__
-from ddim.app.cli.common import UsageError, parse_int_in
+from ddim.app.cli.arguments import parse_int_in
+from ddim.app.cli.usage import UsageError
 from ddim.model import NonFiniteOutputError
 from ddim.validation import ARGUMENT_ERRORS
 

@@ -8,18 +8,17 @@ conditional models instead (guidance sweep, ablation, brightness, DDIM against D
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ddim.app import evaluation
-from ddim.app.cli import common, eval_recipe
+from ddim.app import evaluation, evaluation_framework, timing
+from ddim.app.cli import arguments, devices, eval_recipe, loading, outputs, usage
+from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.app.digits.fid import DigitsFID
 from ddim.app.seeding import SEED_LIMIT
-from ddim.progress import Progress
+from ddim.model import Model
 from ddim.scheduler import DDIMScheduler
 
 #: Largest samples-per-seed count of a column (all N samples of a seed are held in memory for the metric).
@@ -34,7 +33,7 @@ class FiniteFID(DigitsFID):
     """:class:`DigitsFID` that refuses non-finite samples (``NonFiniteOutputError``) instead of scoring them."""
 
     def __call__(self, samples: torch.Tensor) -> float:
-        return super().__call__(common.check_finite(samples))
+        return super().__call__(outputs.check_finite(samples))
 
 
 def step_count(text: str) -> tuple[int, int]:
@@ -60,9 +59,12 @@ def sample_count(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument(
-        "--quick", action="store_true", help="reduced grid (S 10,20,50 at N=300; eta 0,1; 2 seeds), < 2 min"
+        "--quick",
+        action="store_true",
+        help="reduced grid (S 10,20,50 at N=300; eta 0,1; 2 seeds), about 40 s on one free CPU thread; a smoke run "
+        "that cannot judge the targets",
     )
     parser.add_argument(
         "--counts",
@@ -75,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + ")",
     )
     parser.add_argument(
-        "--etas", type=common.non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
+        "--etas", type=arguments.non_negative_float, nargs="+", default=None, help="eta values (default: Table 1)"
     )
     parser.add_argument(
         "--ddpm-count",
@@ -87,26 +89,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--seeds",
-        type=lambda text: common.parse_int_in(text, 1, MAX_SEEDS),
+        type=lambda text: arguments.parse_int_in(text, 1, MAX_SEEDS),
         default=5,
         help=f"seeds per cell, 1..{MAX_SEEDS} (default: 5)",
     )
     parser.add_argument(
         "--first-seed",
-        type=common.seed_int,
+        type=arguments.seed_int,
         default=0,
         help="the seeds are FIRST_SEED, FIRST_SEED+1, ... (default: 0); adds seeds to an earlier run's cells",
     )
     parser.add_argument(
         "--batch-size",
-        type=common.positive_int,
+        type=arguments.positive_int,
         default=evaluation.EVAL_BATCH_SIZE,
         help=f"samples per model call; the samples depend on it (default: {evaluation.EVAL_BATCH_SIZE})",
     )
     parser.add_argument(
         "--clip-sample",
         action="store_true",
-        help="sample with diffusers' default clip_sample=True (x_0 clipped, eps not): shows the trap in the README",
+        help="sample with diffusers' default clip_sample=True (x_0 clipped, eps not): shows the trap described in "
+        "docs/evaluation.md, 'The clip_sample trap'",
     )
     parser.add_argument(
         "--use-clipped-model-output",
@@ -119,51 +122,91 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"an existing output folder (default: ./{DEFAULT_OUT_DIR}, created when missing)",
     )
-    common.add_model_options(parser)
+    arguments.add_model_options(parser)
     eval_recipe.add_recipe_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    seed_count = evaluation_framework.QUICK_SEEDS if args.quick else args.seeds
+    if args.first_seed + seed_count > SEED_LIMIT:
+        raise usage.UsageError(f"--first-seed {args.first_seed} + --seeds {seed_count} must be at most 2**32")
+    seeds = evaluation_framework.seed_list(args.first_seed, seed_count)
     if args.recipe:
-        return eval_recipe.run_recipe(args, Path(DEFAULT_OUT_DIR))
+        return eval_recipe.run_recipe(args, seeds, Path(DEFAULT_OUT_DIR))
     for flag in eval_recipe.RECIPE_ONLY:
         if getattr(args, flag) not in (None, False):
-            raise common.UsageError(f"--{flag.replace('_', '-')} needs --recipe")
-    common.check_device(args.device)
-    out_dir = common.output_folder(args.out_dir, Path(DEFAULT_OUT_DIR), "table1.json")  # created when written
+            raise usage.UsageError(f"--{flag.replace('_', '-')} needs --recipe")
+    devices.check_device(args.device)
+    out_dir = outputs.output_folder(args.out_dir, Path(DEFAULT_OUT_DIR), "table1.json")  # created when written
     if args.quick:
-        counts, etas, seeds, ddpm_count = {10: 300, 20: 300, 50: 300}, [0.0, 1.0], 2, None
+        counts, etas, ddpm_count = dict(evaluation.QUICK_COUNTS), list(evaluation.QUICK_ETAS), None
     else:
-        counts, etas, seeds = dict(evaluation.TABLE1_COUNTS), list(evaluation.TABLE1_ETAS), args.seeds
+        counts, etas = dict(evaluation.TABLE1_COUNTS), list(evaluation.TABLE1_ETAS)
         ddpm_count = None if args.counts else evaluation.DDPM_COUNT
     ddpm_count = args.ddpm_count or ddpm_count
     counts = dict(args.counts) if args.counts else counts
     etas = args.etas or etas
-    if args.first_seed + seeds > SEED_LIMIT:
-        raise common.UsageError(f"--first-seed {args.first_seed} + --seeds {seeds} must be at most 2**32")
-    loaded = common.load_model(args.model, args.device)
-    if loaded.sample_shape != (1, 8, 8):
-        raise common.UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
+    loaded = loading.load_model(args.model, args.device)
+    if loaded.sample_shape != SAMPLE_SHAPE:
+        raise usage.UsageError("ddim eval needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
     scheduler = loaded.scheduler
     if args.clip_sample:
         scheduler = DDIMScheduler.from_config(scheduler.config, clip_sample=True)
     cells = evaluation.table1_cells(counts, etas, ddpm_count)
     for steps in sorted({cell.steps for cell in cells}):
-        common.check_steps(steps, scheduler, "S (of --counts, or 1000 for the DDPM comparison)")
+        loading.check_steps(steps, scheduler, "S (of --counts, or 1000 for the DDPM comparison)")
     fid = FiniteFID()
-    seed_list = list(range(args.first_seed, args.first_seed + seeds))
-    bar = Progress(len(cells) * seeds, "ddim eval", "seed-run", args.progress)
+    with timing.timed() as elapsed:
+        results = run_cells(args, loaded.model, scheduler, cells, seeds, fid)
+        floor = evaluation.floor_and_ceiling(fid, sorted({c.count for c in cells}), seeds)
+        targets = evaluation.check_targets(results, counts, ddpm_count)
+    report: dict[str, Any] = {
+        "model": loaded.description,
+        "scheduler": {k: v for k, v in scheduler.config.items() if not k.startswith("_")},
+        "use_clipped_model_output": args.use_clipped_model_output,
+        "seeds": seeds,
+        "counts": {str(k): v for k, v in sorted(counts.items())},
+        "ddpm_count": ddpm_count,
+        **({"quick": True} if args.quick else {}),
+        "batch_size": args.batch_size,
+        "cells": [r.as_dict() for r in results],
+        "floor": floor,
+        "targets": targets,
+        "seconds_total": elapsed[0],
+    }
+    markdown = evaluation.markdown_report(report)
+
+    def write(folder: Path) -> None:
+        (folder / "table1.json").write_text(evaluation_framework.report_json(report), encoding="utf-8")
+        (folder / "table1.md").write_text(markdown, encoding="utf-8")
+        evaluation.plot_report(report, str(folder / "table1.png"))
+
+    outputs.write_together(out_dir, write, create=args.out_dir is None)
+    print(markdown)
+    print(f"wrote {out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
+    return 0
+
+
+def run_cells(
+    args: argparse.Namespace,
+    model: Model,
+    scheduler: DDIMScheduler,
+    cells: list[evaluation.Cell],
+    seeds: list[int],
+    fid: DigitsFID,
+) -> list[evaluation.CellResult]:
+    """Every cell for every seed, with one progress bar over all (cell, seed) runs."""
+    bar = evaluation_framework.seed_run_progress(len(cells) * len(seeds), "ddim eval", args.progress)
     results = []
-    started = time.perf_counter()
     try:
         for cell in cells:
             bar.set_note(f"S={cell.steps} eta={cell.eta:g} N={cell.count}")
             results.append(
                 evaluation.run_cell(
-                    loaded.model,
+                    model,
                     scheduler,
                     cell,
-                    seed_list,
+                    seeds,
                     fid,
                     args.device,
                     on_seed=lambda: bar.update(),
@@ -173,27 +216,4 @@ def run(args: argparse.Namespace) -> int:
             )
     finally:
         bar.close()
-    report: dict[str, Any] = {
-        "model": loaded.description,
-        "scheduler": {k: v for k, v in scheduler.config.items() if not k.startswith("_")},
-        "use_clipped_model_output": args.use_clipped_model_output,
-        "seeds": seed_list,
-        "counts": {str(k): v for k, v in sorted(counts.items())},
-        "ddpm_count": ddpm_count,
-        "batch_size": args.batch_size,
-        "cells": [r.as_dict() for r in results],
-        "floor": evaluation.floor_and_ceiling(fid, sorted({c.count for c in cells}), seed_list),
-        "targets": evaluation.check_targets(results, counts, ddpm_count),
-        "seconds_total": time.perf_counter() - started,
-    }
-    markdown = evaluation.markdown_report(report)
-
-    def write(folder: Path) -> None:
-        (folder / "table1.json").write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
-        (folder / "table1.md").write_text(markdown, encoding="utf-8")
-        evaluation.plot_report(report, str(folder / "table1.png"))
-
-    common.write_together(out_dir, write, create=args.out_dir is None)
-    print(markdown)
-    print(f"wrote {out_dir}/table1.json, table1.md, table1.png in {report['seconds_total']:.0f} s")
-    return 0
+    return results

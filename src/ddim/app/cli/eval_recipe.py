@@ -9,20 +9,17 @@ zero-SNR model, leading against trailing), brightness, and DDIM against DDPM. Ea
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ddim.app import evaluation_framework, recipe_report, timing
 from ddim.app import recipe_evaluation as recipe
-from ddim.app import recipe_report
-from ddim.app.cli import common
+from ddim.app.cli import arguments, devices, loading, outputs, usage
 from ddim.app.digits.conditional import NUM_DIGITS
 from ddim.app.digits.sample_metrics import DigitsJudge, mean_brightness
-from ddim.progress import Progress
 from ddim.scheduler import DDIMScheduler
 
 #: Digits per seed of each digit: the sweep, ablation and brightness cells, and DDIM against DDPM (N = 2000).
@@ -46,7 +43,7 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--parts", nargs="+", choices=recipe_report.PART_NAMES, default=None, help="default: all four")
     group.add_argument(
         "--per-digit",
-        type=lambda text: common.parse_int_in(text, 2, 10_000),
+        type=lambda text: arguments.parse_int_in(text, 2, 10_000),
         default=None,
         help=f"samples of each digit per seed and cell (default: {DEFAULT_PER_DIGIT}; DDIM against DDPM: "
         f"{DEFAULT_DDPM_PER_DIGIT})",
@@ -71,19 +68,19 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_conditional(path: Path | None, device: str) -> tuple[Any, DDIMScheduler, str]:
-    loaded = common.load_model(path, device, conditional=True)
+    loaded = loading.load_model(path, device, conditional=True)
     return loaded.model, loaded.scheduler, loaded.description
 
 
 def check_recipe_args(args: argparse.Namespace, parts: list[str]) -> None:
     for name in TABLE1_ONLY:
         if getattr(args, name) not in (None, False):
-            raise common.UsageError(f"--{name.replace('_', '-')} is an option of Table 1; --recipe does not take it")
+            raise usage.UsageError(f"--{name.replace('_', '-')} is an option of Table 1; --recipe does not take it")
     if "ablation" in parts and args.control_model is None:
-        raise common.UsageError("--parts ablation needs --control-model (the model without the zero-SNR rescale)")
+        raise usage.UsageError("--parts ablation needs --control-model (the model without the zero-SNR rescale)")
     for path in [args.control_model, *(args.inverted_models or [])]:
         if path is not None and not path.is_file():
-            raise common.UsageError(f"model {str(path)!r} is not a file")
+            raise usage.UsageError(f"model {str(path)!r} is not a file")
 
 
 def part_cells(part: str, args: argparse.Namespace, models: Models) -> list[recipe.RecipeCell]:
@@ -114,53 +111,56 @@ def run_part(
     on_seed: Callable[[], None],
 ) -> dict[str, Any]:
     """Every cell of one part, its floors, and (brightness) the data's brightness and each cell's distance to it."""
-    started = time.perf_counter()
-    cells = part_cells(part, args, models)
-    data = {name: brightness_reference(name, judge) for name in models}
-    references = {name: recipe.brightness_summary(values) for name, values in data.items()}
-    results = []
-    for cell in cells:
-        result = recipe.run_recipe_cell(
-            models, cell, seeds, judge, on_seed, keep_brightness=part != "ddpm", batch_size=args.batch_size
-        )
-        entry = result.as_dict()
-        if result.brightness:
-            entry["brightness_w1"] = recipe.wasserstein(result.brightness, data[cell.model])
-            entry["brightness_extreme"] = recipe.extreme_fraction(result.brightness, references[cell.model])
-        results.append(entry)
-    per_digit = cells[0].per_digit
-    draws = per_digit * NUM_DIGITS * len(seeds)
-    resampled_w1 = {name: [recipe.resampled_wasserstein(data[name], draws, seed) for seed in seeds] for name in data}
+    with timing.timed() as elapsed:
+        cells = part_cells(part, args, models)
+        data = {name: brightness_reference(name, judge) for name in models}
+        references = {name: recipe.brightness_summary(values) for name, values in data.items()}
+        results = []
+        for cell in cells:
+            result = recipe.run_recipe_cell(
+                models, cell, seeds, judge, on_seed, keep_brightness=part != "ddpm", batch_size=args.batch_size
+            )
+            entry = result.as_dict()
+            if result.brightness:
+                entry["brightness_w1"] = recipe.wasserstein(result.brightness, data[cell.model])
+                entry["brightness_extreme"] = recipe.extreme_fraction(result.brightness, references[cell.model])
+            results.append(entry)
+        per_digit = cells[0].per_digit
+        draws = per_digit * NUM_DIGITS * len(seeds)
+        resampled_w1 = {
+            name: [recipe.resampled_wasserstein(data[name], draws, seed) for seed in seeds] for name in data
+        }
+        per_class_floor = [judge.per_class_floor(per_digit, seed) for seed in seeds]
+        fid_floor = [judge.fid.floor_and_ceiling(per_digit * 10, seed) for seed in seeds]
     return {
         "part": part,
         "seeds": seeds,
         "per_digit": per_digit,
         "cells": results,
-        "per_class_floor": [judge.per_class_floor(per_digit, seed) for seed in seeds],
-        "fid_floor": [judge.fid.floor_and_ceiling(per_digit * 10, seed) for seed in seeds],
+        "per_class_floor": per_class_floor,
+        "fid_floor": fid_floor,
         "brightness_data": references,
         "brightness_w1_resampled": resampled_w1,
-        "seconds_total": time.perf_counter() - started,
+        "seconds_total": elapsed[0],
     }
 
 
-def run_recipe(args: argparse.Namespace, default_out_dir: Path) -> int:
+def run_recipe(args: argparse.Namespace, seeds: list[int], default_out_dir: Path) -> int:
     """``ddim eval --recipe``: run the chosen parts, write each one's JSON as it ends, rebuild the report."""
-    common.check_device(args.device)
+    devices.check_device(args.device)
     parts = [] if args.report_only else list(dict.fromkeys(args.parts or recipe_report.PART_NAMES))
     check_recipe_args(args, parts)
-    out_dir = common.output_folder(args.out_dir, default_out_dir, "recipe.md")
-    seeds = list(range(args.first_seed, args.first_seed + (2 if args.quick else args.seeds)))
+    out_dir = outputs.output_folder(args.out_dir, default_out_dir, "recipe.md")
     if parts:
         out_dir.mkdir(exist_ok=True)
         run_parts(args, parts, seeds, out_dir)
     try:
         found = recipe_report.read_parts(out_dir)
     except ValueError as error:
-        raise common.UsageError(str(error)) from None
+        raise usage.UsageError(str(error)) from None
     if not found:
-        raise common.UsageError(f"--out-dir {str(out_dir)!r} holds no recipe_PART.json to report on")
-    common.write_together(out_dir, lambda staging: recipe_report.write_report(staging, found))
+        raise usage.UsageError(f"--out-dir {str(out_dir)!r} holds no recipe_PART.json to report on")
+    outputs.write_together(out_dir, lambda staging: recipe_report.write_report(staging, found))
     print((out_dir / "recipe.md").read_text(encoding="utf-8"))
     return 0
 
@@ -173,7 +173,7 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], out_
         needed = {"ablation": {"zero_snr", "control"}, "brightness": set(models)}.get(part, {"zero_snr"})
         chosen = {name: models[name] for name in models if name in needed}
         runs = len(part_cells(part, args, chosen)) * len(seeds)
-        bar = Progress(runs, f"ddim eval --recipe {part}", "seed-run", args.progress)
+        bar = evaluation_framework.seed_run_progress(runs, f"ddim eval --recipe {part}", args.progress)
         try:
             report = run_part(part, args, chosen, judge, seeds, bar.update)
         finally:
@@ -184,8 +184,8 @@ def run_parts(args: argparse.Namespace, parts: list[str], seeds: list[int], out_
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """``report`` as indented JSON at ``path``, atomically."""
-    text = json.dumps(report, indent=1, default=float) + "\n"
-    common.write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    text = evaluation_framework.report_json(report)
+    outputs.write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def load_models(args: argparse.Namespace) -> tuple[Models, dict[str, str]]:

@@ -7,42 +7,41 @@ and of `--seed B`), decoded with deterministic DDIM (eta 0).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from ddim.app.cli import common
+from ddim.app import images, timing
+from ddim.app.cli import arguments, devices, loading, outputs
 from ddim.app.seeding import row_generators
+from ddim.app.wording import counted
 from ddim.interpolation import slerp
 from ddim.noise import randn_like_diffusers
 from ddim.sampling import sample
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument(
-        "--seeds", type=common.seed_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
+        "--seeds", type=arguments.seed_int, nargs=2, default=[0, 1], metavar=("A", "B"), help="default: 0 1"
     )
     parser.add_argument(
-        "--frames", type=common.positive_int, default=9, help="points on the path, ends included (default: 9)"
+        "--frames", type=arguments.positive_int, default=9, help="points on the path, ends included (default: 9)"
     )
-    parser.add_argument("--steps", type=common.positive_int, default=50, help="DDIM steps (default: 50)")
-    parser.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default=None, help="timestep spacing")
-    common.add_model_options(parser)
-    parser.add_argument(
-        "-o", "--output", type=Path, default=Path("interpolation.png"), help="PNG (default: interpolation.png)"
-    )
+    parser.add_argument("--steps", type=arguments.positive_int, default=50, help="DDIM steps (default: 50)")
+    arguments.add_spacing_option(parser)
+    arguments.add_model_options(parser)
+    arguments.add_png_output_options(parser, "interpolation.png")
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_device(args.device)
-    common.check_output_path(args.output)
-    with common.timed() as elapsed:
-        loaded = common.load_model(args.model, args.device)
-        scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
-        common.check_steps(args.steps, scheduler)
+    devices.check_device(args.device)
+    outputs.check_png_output(args.output, args.force)
+    with timing.timed() as elapsed:
+        loaded = loading.load_model(args.model, args.device)
+        scheduler = loading.configure_spacing(loaded.scheduler, args.spacing)
+        loading.check_steps(args.steps, scheduler)
         scale = max(1, 48 // loaded.sample_shape[-2])
-        common.check_grid_size(args.frames, args.frames, loaded.sample_shape, scale, "--frames")
+        outputs.check_grid_size(args.frames, args.frames, loaded.sample_shape, scale, "--frames")
         shape = (1, *loaded.sample_shape)
         ends = [randn_like_diffusers(shape, row_generators(seed, 0, 1), device=args.device) for seed in args.seeds]
         weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
@@ -54,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps,
             progress=args.progress,
         )
-        common.check_finite(frames, "frames")
-        common.save_png(args.output, common.image_grid(common.to_uint8(frames.cpu()), args.frames, scale))
+        outputs.check_finite(frames, "frames")
+        outputs.save_png(args.output, images.image_grid(images.to_uint8(frames.cpu()), args.frames, scale))
     print(
-        f"wrote {args.output} ({args.frames} frames from seed {args.seeds[0]} to seed {args.seeds[1]}) "
+        f"wrote {args.output} ({counted(args.frames, 'frame')} from seed {args.seeds[0]} to seed {args.seeds[1]}) "
         f"in {elapsed[0]:.1f} s"
     )
     return 0

@@ -7,55 +7,56 @@ with the originals (top row) and the reconstructions (bottom row).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from ddim.app.cli import common
-from ddim.app.digits import TEST_SIZE, load_digits_split
+from ddim.app import images, timing
+from ddim.app.cli import arguments, devices, loading, outputs, usage
+from ddim.app.digits import SAMPLE_SHAPE, TEST_SIZE, load_digits_split
+from ddim.app.wording import counted
 from ddim.inversion import MAX_FIXED_POINT_ITERATIONS, invert
 from ddim.sampling import sample
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument(
         "-n",
         "--num-images",
-        type=lambda text: common.parse_int_in(text, 1, TEST_SIZE),
+        type=lambda text: arguments.parse_int_in(text, 1, TEST_SIZE),
         default=8,
         help=f"held-out digits, 1..{TEST_SIZE} (default: 8)",
     )
     parser.add_argument(
-        "--first", type=common.non_negative_int, default=0, help="index of the first held-out digit (default: 0)"
+        "--first", type=arguments.non_negative_int, default=0, help="index of the first held-out digit (default: 0)"
     )
-    parser.add_argument("--steps", type=common.positive_int, default=50, help="DDIM steps both ways (default: 50)")
+    parser.add_argument("--steps", type=arguments.positive_int, default=50, help="DDIM steps both ways (default: 50)")
     parser.add_argument(
         "--fixed-point-iterations",
-        type=lambda text: common.parse_int_in(text, 0, MAX_FIXED_POINT_ITERATIONS),
+        type=lambda text: arguments.parse_int_in(text, 0, MAX_FIXED_POINT_ITERATIONS),
         default=0,
         help=f"refinements per inversion step, 0..{MAX_FIXED_POINT_ITERATIONS} (default: 0)",
     )
-    common.add_model_options(parser)
-    parser.add_argument("-o", "--output", type=Path, default=Path("inversion.png"), help="PNG (default: inversion.png)")
+    arguments.add_model_options(parser)
+    arguments.add_png_output_options(parser, "inversion.png")
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_device(args.device)
-    common.check_output_path(args.output)
+    devices.check_device(args.device)
+    outputs.check_png_output(args.output, args.force)
     if args.first + args.num_images > TEST_SIZE:
-        raise common.UsageError(
+        raise usage.UsageError(
             f"--first {args.first} with -n {args.num_images} runs past the {TEST_SIZE} held-out digits; "
             f"allowed --first values are 0..{TEST_SIZE - args.num_images}"
         )
-    with common.timed() as elapsed:
-        loaded = common.load_model(args.model, args.device)
-        if loaded.sample_shape != (1, 8, 8):
-            raise common.UsageError("ddim invert needs a digits model (1x8x8 samples): it inverts held-out digits")
-        common.check_steps(args.steps, loaded.scheduler)
+    with timing.timed() as elapsed:
+        loaded = loading.load_model(args.model, args.device)
+        if loaded.sample_shape != SAMPLE_SHAPE:
+            raise usage.UsageError("ddim invert needs a digits model (1x8x8 samples): it inverts held-out digits")
+        loading.check_steps(args.steps, loaded.scheduler)
         held_out = load_digits_split().test_images
         originals = held_out[args.first : args.first + args.num_images].to(args.device)
-        latents = common.check_finite(
+        latents = outputs.check_finite(
             invert(
                 loaded.model,
                 loaded.scheduler,
@@ -73,14 +74,15 @@ def run(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps,
             progress=args.progress,
         )
-        common.check_finite(decoded, "reconstructions")
+        outputs.check_finite(decoded, "reconstructions")
         error = (decoded - originals).float()
         rmse = float(error.pow(2).mean().sqrt())
         worst = float(error.abs().max())
         pair = torch.cat([originals, decoded]).cpu()
-        common.save_png(args.output, common.image_grid(common.to_uint8(pair), args.num_images, scale=6))
+        outputs.save_png(args.output, images.image_grid(images.to_uint8(pair), args.num_images, scale=6))
     print(
-        f"reconstruction error over {args.num_images} held-out digits, {args.steps} steps: RMSE {rmse:.4f}, "
+        f"reconstruction error over {counted(args.num_images, 'held-out digit')}, {counted(args.steps, 'step')}: "
+        f"RMSE {rmse:.4f}, "
         f"max |error| {worst:.4f} (pixel range [-1, 1]); x_T std {float(latents.std()):.3f}"
     )
     print(f"wrote {args.output} (top: originals, bottom: reconstructions) in {elapsed[0]:.1f} s")

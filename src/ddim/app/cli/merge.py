@@ -11,25 +11,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddim.app.cli import common
+from ddim.app.cli import arguments, outputs
 from ddim.app.shards import merge_shards, verify_shards
+from ddim.app.wording import counted
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument("out_dir", type=Path, metavar="DIR", help="the --out-dir of `ddim sample`")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the merged .npz to write")
-    parser.add_argument("--force", action="store_true", help="replace --output if it exists")
+    arguments.add_force_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_output_path(args.output)  # before verifying, which reads every shard
-    if args.output.exists() and not args.force:
-        raise common.UsageError(f"--output {str(args.output)!r} exists; pass --force to replace it")
+    outputs.check_new_output(args.output, args.force)  # before verifying, which reads every shard
     report = verify_shards(args.out_dir)
     if not report.ok:
         print(report.describe(), file=sys.stderr)
         return 1
     target = merge_shards(args.out_dir, args.output, overwrite=args.force)
-    print(f"wrote {target} ({report.num_samples} samples from {report.num_shards} shards)")
+    print(f"wrote {target} ({counted(report.num_samples, 'sample')} from {counted(report.num_shards, 'shard')})")
     return 0

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
+from typing import Any
 
 import torch
 
-from ddim.app.cli import common
+from ddim.app import images, timing
+from ddim.app.cli import arguments, devices, loading, outputs, usage
 from ddim.app.cli.sharded import add_sharded_options, run_sharded
 from ddim.app.digits.conditional import (
     DEFAULT_GUIDANCE_RESCALE,
@@ -22,6 +23,8 @@ from ddim.app.digits.conditional import (
     sample_digits,
 )
 from ddim.app.seeding import row_generators
+from ddim.app.wording import counted
+from ddim.progress import Progress
 from ddim.sampling import sample
 from ddim.scheduler import DDIMScheduler
 
@@ -31,21 +34,19 @@ DEFAULT_PER_DIGIT = 16
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument(
         "-n",
         "--num-samples",
-        type=common.positive_int,
+        type=arguments.positive_int,
         default=None,
         help=f"number of samples (default: {DEFAULT_COUNT}; with --digit: per digit, default {DEFAULT_PER_DIGIT})",
     )
-    common.add_sampling_options(parser)
-    common.add_model_options(parser)
+    arguments.add_sampling_options(parser)
+    arguments.add_model_options(parser)
+    arguments.add_png_output_options(parser, "samples.png")
     parser.add_argument(
-        "-o", "--output", type=Path, default=Path("samples.png"), help="PNG grid (default: samples.png)"
-    )
-    parser.add_argument(
-        "--scale", type=common.positive_int, default=None, help="pixel upscaling (default: 48 / height)"
+        "--scale", type=arguments.positive_int, default=None, help="pixel upscaling (default: 48 / height)"
     )
     add_sharded_options(parser)
     group = parser.add_argument_group("class-conditional sampling (the embedded conditional model, or --model one)")
@@ -59,14 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     group.add_argument(
         "--guidance-scale",
-        type=common.non_negative_float,
+        type=arguments.non_negative_float,
         default=None,
         help=f"classifier-free guidance s >= 0: v = v_null + s (v_digit - v_null); 1 = none "
         f"(default: {DEFAULT_GUIDANCE_SCALE:g}; needs --digit)",
     )
     group.add_argument(
         "--guidance-rescale",
-        type=lambda text: common.parse_real_in(text, 0.0, 1.0),
+        type=lambda text: arguments.parse_real_in(text, 0.0, 1.0),
         default=None,
         help=f"guidance rescale phi in [0, 1] (arXiv 2305.08891; default: {DEFAULT_GUIDANCE_RESCALE:g}; needs --digit)",
     )
@@ -76,7 +77,7 @@ def digit_arg(text: str) -> tuple[int, ...]:
     """argparse type of one --digit value: a digit 0..9, or ``all`` (every digit)."""
     if text == "all":
         return tuple(range(NUM_DIGITS))
-    return (common.parse_int_in(text, 0, NUM_DIGITS - 1),)
+    return (arguments.parse_int_in(text, 0, NUM_DIGITS - 1),)
 
 
 def conditional_digits(args: argparse.Namespace) -> list[int] | None:
@@ -84,15 +85,15 @@ def conditional_digits(args: argparse.Namespace) -> list[int] | None:
     if args.digit is None:
         for flag, value in (("--guidance-scale", args.guidance_scale), ("--guidance-rescale", args.guidance_rescale)):
             if value is not None:
-                raise common.UsageError(f"{flag} needs --digit (the unconditional model has no guidance)")
+                raise usage.UsageError(f"{flag} needs --digit (the unconditional model has no guidance)")
         return None
     if args.out_dir is not None:
-        raise common.UsageError("--digit writes a PNG grid; it cannot be combined with --out-dir")
+        raise usage.UsageError("--digit writes a PNG grid; it cannot be combined with --out-dir")
     return [digit for values in args.digit for digit in values]
 
 
 def generate_samples(
-    loaded: common.LoadedModel,
+    loaded: loading.LoadedModel,
     scheduler: DDIMScheduler,
     count: int,
     *,
@@ -114,77 +115,65 @@ def generate_samples(
     The model's rounding can depend on the batch size (CPU conv/linear kernels), so the bits of a
     sample may change with ``batch_size``; ``--out-dir`` runs fixed micro-batches for bit-identity.
     """
+    bar = Progress(math.ceil(count / batch_size) * steps, "ddim sample", "step", progress)
     batches = []
-    for first in range(start, start + count, batch_size):
-        size = min(batch_size, start + count - first)
-        generators = row_generators(seed, first, size)
-        if labels is not None:
-            batch = sample_digits(
-                loaded.model,
-                scheduler,
-                labels[first - start : first - start + size],
-                steps=steps,
-                guidance_scale=guidance_scale,
-                guidance_rescale=guidance_rescale,
-                eta=eta,
-                generator=generators,
-                device=device,
-                progress=progress,
-            )
-        else:
-            batch = sample(
-                loaded.model,
-                scheduler,
-                (size, *loaded.sample_shape),
-                num_inference_steps=steps,
-                eta=eta,
-                generator=generators,
-                device=device,
-                progress=progress,
-            )
-        batches.append(batch.cpu())
+    try:
+        for first in range(start, start + count, batch_size):
+            size = min(batch_size, start + count - first)
+            shared: dict[str, Any] = {
+                "eta": eta,
+                "generator": row_generators(seed, first, size),
+                "device": device,
+                "callback": lambda *_: bar.update(),
+            }
+            if labels is not None:
+                rows = labels[first - start : first - start + size]
+                shared |= {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale}
+                batch = sample_digits(loaded.model, scheduler, rows, steps=steps, **shared)
+            else:
+                shape = (size, *loaded.sample_shape)
+                batch = sample(loaded.model, scheduler, shape, num_inference_steps=steps, progress=False, **shared)
+            batches.append(batch.cpu())
+    finally:
+        bar.close()
     return torch.cat(batches)
 
 
-def load_for_grid(args: argparse.Namespace, conditional: bool) -> tuple[common.LoadedModel, DDIMScheduler, int]:
+def sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword options of :func:`generate_samples` that the command line gives (steps, eta, seed, ...)."""
+    names = ("steps", "eta", "seed", "batch_size", "device", "progress")
+    return {name: getattr(args, name) for name in names}
+
+
+def load_for_grid(args: argparse.Namespace, conditional: bool) -> tuple[loading.LoadedModel, DDIMScheduler, int]:
     """The model of ``--model``, its scheduler with ``--spacing`` applied and ``--steps`` checked, and the PNG
     upscale factor (``--scale``, or about 48 pixels a side)."""
-    loaded = common.load_model(args.model, args.device, conditional=conditional)
-    scheduler = common.configure_spacing(loaded.scheduler, args.spacing)
-    common.check_steps(args.steps, scheduler)
+    loaded = loading.load_model(args.model, args.device, conditional=conditional)
+    scheduler = loading.configure_spacing(loaded.scheduler, args.spacing)
+    loading.check_steps(args.steps, scheduler)
     return loaded, scheduler, args.scale or max(1, 48 // loaded.sample_shape[-2])
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_device(args.device)
+    devices.check_device(args.device)
     digits = conditional_digits(args)
     if digits is not None:
         return run_conditional(args, digits)
     args.num_samples = args.num_samples or DEFAULT_COUNT
     if args.out_dir is not None:
         return run_sharded(args)
-    common.check_output_path(args.output)
-    with common.timed() as elapsed:
+    outputs.check_png_output(args.output, args.force)
+    with timing.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=False)
         columns = math.ceil(math.sqrt(args.num_samples))
         lower = "--scale or -n (--out-dir writes any number of samples)"
-        common.check_grid_size(args.num_samples, columns, loaded.sample_shape, scale, lower)
-        samples = generate_samples(
-            loaded,
-            scheduler,
-            args.num_samples,
-            steps=args.steps,
-            eta=args.eta,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
-            progress=args.progress,
-        )
-        common.check_finite(samples)
-        common.save_png(args.output, common.image_grid(common.to_uint8(samples), columns, scale))
+        outputs.check_grid_size(args.num_samples, columns, loaded.sample_shape, scale, lower)
+        samples = generate_samples(loaded, scheduler, args.num_samples, **sampling_options(args))
+        outputs.check_finite(samples)
+        outputs.save_png(args.output, images.image_grid(images.to_uint8(samples), columns, scale))
     print(
-        f"wrote {args.output} ({args.num_samples} samples of the {loaded.description}, {args.steps} steps, "
-        f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
+        f"wrote {args.output} ({counted(args.num_samples, 'sample')} of the {loaded.description}, "
+        f"{counted(args.steps, 'step')}, eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
     )
     return 0
 
@@ -195,32 +184,21 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
     count = per_digit * len(digits)
     scale_s = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
     rescale = DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale
-    common.check_output_path(args.output)
-    with common.timed() as elapsed:
+    outputs.check_png_output(args.output, args.force)
+    with timing.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=True)
         columns = per_digit if len(digits) > 1 else math.ceil(math.sqrt(per_digit))
-        common.check_grid_size(count, columns, loaded.sample_shape, scale, "--scale, -n or the number of digits")
+        outputs.check_grid_size(count, columns, loaded.sample_shape, scale, "--scale, -n or the number of digits")
         labels = torch.tensor(digits, dtype=torch.int64).repeat_interleave(per_digit)
-        samples = generate_samples(
-            loaded,
-            scheduler,
-            count,
-            steps=args.steps,
-            eta=args.eta,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
-            progress=args.progress,
-            labels=labels,
-            guidance_scale=scale_s,
-            guidance_rescale=rescale,
-        )
-        common.check_finite(samples)
-        common.save_png(args.output, common.image_grid(common.to_uint8(samples), columns, scale))
-    shown = " ".join(str(d) for d in digits) if len(digits) <= 10 else f"{len(digits)} digits"
+        guidance = {"guidance_scale": scale_s, "guidance_rescale": rescale}
+        options: dict[str, Any] = {**guidance, **sampling_options(args)}
+        samples = generate_samples(loaded, scheduler, count, labels=labels, **options)
+        outputs.check_finite(samples)
+        outputs.save_png(args.output, images.image_grid(images.to_uint8(samples), columns, scale))
+    shown = " ".join(str(d) for d in digits) if len(digits) <= 10 else counted(len(digits), "digit")
     print(
-        f"wrote {args.output} ({per_digit} samples of digit(s) {shown} from the {loaded.description}, "
-        f"{args.steps} steps, guidance {scale_s:g}, rescale {rescale:g}, eta {args.eta:g}, seed {args.seed}) "
-        f"in {elapsed[0]:.1f} s"
+        f"wrote {args.output} ({counted(per_digit, 'sample')} of digit(s) {shown} "
+        f"from the {loaded.description}, {counted(args.steps, 'step')}, guidance {scale_s:g}, rescale {rescale:g}, "
+        f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
     )
     return 0

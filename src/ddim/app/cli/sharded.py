@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from ddim.app.cli.common import UsageError, check_steps, configure_spacing, load_model, positive_int
+from ddim.app.cli.arguments import positive_int
+from ddim.app.cli.loading import check_steps, configure_spacing, load_model
+from ddim.app.cli.usage import UsageError
 from ddim.app.shards import generate_shards, rank_device
 from ddim.app.shards.processes import die_with_parent
 
@@ -43,6 +45,7 @@ def run_sharded(args: argparse.Namespace) -> int:
         device = rank_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
     except RuntimeError as error:  # not a device string (ValueError, e.g. no CUDA, is reported by ddim.app.cli)
         raise UsageError(f"--device {args.device!r} cannot be used: {str(error).splitlines()[0]}") from error
+    check_micro_batches(args.batch_size, args.shard_size, args.micro_batch)
     loaded = load_model(args.model, str(device))
     scheduler = configure_spacing(loaded.scheduler, args.spacing)
     check_steps(args.steps, scheduler)
@@ -65,6 +68,20 @@ def run_sharded(args: argparse.Namespace) -> int:
         log=report,
     )
     return 0
+
+
+def check_micro_batches(batch_size: int, shard_size: int, micro_batch: int) -> None:
+    """``UsageError`` naming the flags unless --batch-size and --shard-size are multiples of --micro-batch."""
+    offenders = [
+        f"{flag} {value}"
+        for flag, value in (("--batch-size", batch_size), ("--shard-size", shard_size))
+        if value % micro_batch
+    ]
+    if offenders:
+        raise UsageError(
+            f"{' and '.join(offenders)} must be {'multiples' if len(offenders) > 1 else 'a multiple'} of --micro-batch "
+            f"{micro_batch} (so that every micro-batch the model sees holds the same sample indices in every run)"
+        )
 
 
 def report(line: str) -> None:

@@ -10,20 +10,32 @@ the class-conditional v-prediction UNet on Stable Diffusion's schedule rescaled 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ddim.app.cli import common
+from ddim.app import timing
+from ddim.app.cli import arguments, outputs, usage
 from ddim.app.digits.conditional_training import ConditionalTrainConfig, train_conditional
 from ddim.app.digits.training import TrainConfig, save_model, train
 from ddim.app.digits.unet import MAX_CHANNELS, DigitsUNet, UNetConfig
+from ddim.app.wording import counted
 from ddim.progress import Progress
+
+#: The training options with TrainConfig's defaults (for both models): flag, argparse type, what it sets.
+HYPERPARAMETERS: tuple[tuple[str, Callable[[str], float], str], ...] = (
+    ("--batch-size", arguments.positive_int, "training digits per step"),
+    ("--learning-rate", arguments.positive_float, "peak AdamW learning rate (linear warm-up, then cosine decay to 0)"),
+    ("--warmup-steps", arguments.non_negative_int, "steps of the linear learning-rate warm-up"),
+    ("--ema-decay", arguments.unit_interval_float, "decay of the weights' moving average, in [0, 1)"),
+    ("--seed", arguments.seed_int, "seed of the initial weights and of every draw, in 0..2**32-1"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     defaults, conditional = TrainConfig(), ConditionalTrainConfig()
     groups = UNetConfig().groups
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument(
         "-o",
         "--output",
@@ -33,22 +45,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--steps",
-        type=common.positive_int,
+        type=arguments.positive_int,
         default=None,
         help=f"default: {defaults.steps}; --conditional: {conditional.steps}",
     )
-    parser.add_argument("--batch-size", type=common.positive_int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=common.positive_float, default=defaults.learning_rate)
-    parser.add_argument("--warmup-steps", type=common.non_negative_int, default=defaults.warmup_steps)
-    parser.add_argument("--ema-decay", type=common.unit_interval_float, default=defaults.ema_decay, help="in [0, 1)")
+    for flag, kind, text in HYPERPARAMETERS:
+        default = getattr(defaults, flag.removeprefix("--").replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default:g})")
     parser.add_argument(
         "--channels",
-        type=lambda text: common.parse_int_in(text, 1, MAX_CHANNELS),
+        type=lambda text: arguments.parse_int_in(text, 1, MAX_CHANNELS),
         default=None,
         help=f"UNet width, a multiple of {groups} up to {MAX_CHANNELS} (default: {defaults.channels}; "
         f"--conditional: {conditional.channels})",
     )
-    parser.add_argument("--seed", type=common.seed_int, default=defaults.seed)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     parser.add_argument(
         "--conditional",
@@ -63,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--random-inversion",
-        type=common.unit_interval_float,
+        type=arguments.unit_interval_float,
         default=0.0,
         metavar="P",
         help="with --conditional: negate each training digit with probability P in [0, 1) (black on white; "
@@ -83,20 +93,20 @@ def write_model(model: DigitsUNet, model_config: dict[str, Any], weights: Path) 
 
 def run(args: argparse.Namespace) -> int:
     if not args.zero_snr and not args.conditional:
-        raise common.UsageError("--no-zero-snr needs --conditional (the unconditional model has its own schedule)")
+        raise usage.UsageError("--no-zero-snr needs --conditional (the unconditional model has its own schedule)")
     if args.random_inversion and not args.conditional:
-        raise common.UsageError("--random-inversion needs --conditional")
+        raise usage.UsageError("--random-inversion needs --conditional")
     defaults = ConditionalTrainConfig() if args.conditional else TrainConfig()
     if args.output is None:
         args.output = Path("digits_unet_conditional.safetensors" if args.conditional else "digits_unet.safetensors")
-    common.check_output_path(args.output)
+    outputs.check_output_path(args.output)
     if args.output.suffix != ".safetensors":
-        raise common.UsageError(f"--output {str(args.output)!r} must end in .safetensors")
+        raise usage.UsageError(f"--output {str(args.output)!r} must end in .safetensors")
     groups = UNetConfig().groups
     steps = defaults.steps if args.steps is None else args.steps
     channels = defaults.channels if args.channels is None else args.channels
     if channels % groups:
-        raise common.UsageError(f"--channels {channels} must be a multiple of {groups} (the UNet's groups)")
+        raise usage.UsageError(f"--channels {channels} must be a multiple of {groups} (the UNet's groups)")
     values: dict[str, Any] = {
         "steps": steps,
         "batch_size": args.batch_size,
@@ -118,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         if step % 50 == 0:
             bar.set_note(f"loss={loss:.4f}")
 
-    with common.timed() as elapsed:
+    with timing.timed() as elapsed:
         try:
             if isinstance(config, ConditionalTrainConfig):
                 model, model_config = train_conditional(config, report)
@@ -127,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         folder = args.output.parent if str(args.output.parent) else Path(".")
-        common.write_together(folder, lambda staging: write_model(model, model_config, staging / args.output.name))
-    print(f"wrote {args.output} and {args.output.with_suffix('.json')} ({config.steps} steps) in {elapsed[0]:.0f} s")
+        outputs.write_together(folder, lambda staging: write_model(model, model_config, staging / args.output.name))
+    trained = counted(config.steps, "step")
+    print(f"wrote {args.output} and {args.output.with_suffix('.json')} ({trained}) in {elapsed[0]:.0f} s")
     return 0

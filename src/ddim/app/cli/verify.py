@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddim.app.cli import common
+from ddim.app.cli import arguments
 from ddim.app.shards import verify_shards
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = common.add_command(subparsers, __doc__, run)
+    parser = arguments.add_command(subparsers, __doc__, run)
     parser.add_argument("out_dir", type=Path, metavar="DIR", help="the --out-dir of `ddim sample`")
 
 

@@ -8,7 +8,7 @@ network, file and sampling helpers; the classifier, digits-FID and training live
 """
 
 from ddim.app.digits.conditional import NULL_LABEL, NUM_LABELS, sample_digits
-from ddim.app.digits.data import PIXEL_MAX, SPLIT_SEED, TEST_SIZE, DigitsSplit, load_digits_split
+from ddim.app.digits.data import PIXEL_MAX, SAMPLE_SHAPE, SPLIT_SEED, TEST_SIZE, DigitsSplit, load_digits_split
 from ddim.app.digits.model_files import (
     CONDITIONAL_CONFIG_NAME,
     CONDITIONAL_WEIGHTS_NAME,
@@ -33,6 +33,7 @@ __all__ = [
     "NULL_LABEL",
     "NUM_LABELS",
     "PIXEL_MAX",
+    "SAMPLE_SHAPE",
     "SPLIT_SEED",
     "TEST_SIZE",
     "WEIGHTS_NAME",

@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
-from ddim.guidance import ClassifierFreeGuidance
+from ddim.app.digits.data import SAMPLE_SHAPE
+from ddim.guidance import CFGPlusPlus, ClassifierFreeGuidance
 from ddim.model import Model
 from ddim.noise import Generator
-from ddim.sampling import sample
+from ddim.sampling import StepCallback, sample
 from ddim.scheduler import DDIMScheduler
-from ddim.validation import ArgumentTypeError, ArgumentValueError, check_real, is_int
+from ddim.validation import ArgumentTypeError, ArgumentValueError, check_real, check_str_choice, is_int
 
 #: Labels of the conditional model: digits 0..9, then the null label (no digit; classifier-free guidance).
 NUM_DIGITS = 10
@@ -39,6 +40,8 @@ NUM_LABELS = 11
 #: while digits-FID grows with s (3.3, 3.9, 7.0 at s = 1, 1.5, 2; 16 at s = 3): 1.5 is the smallest s at 100%.
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_GUIDANCE_RESCALE = 0.7
+#: Guidance kinds of :func:`sample_digits`: classifier-free guidance, or CFG++ (arXiv 2406.08070).
+GUIDANCE_KINDS = ("cfg", "cfg++")
 
 
 def scheduler_config(zero_snr: bool = True) -> dict[str, Any]:
@@ -102,28 +105,40 @@ def sample_digits(
     device: str | torch.device | None = None,
     progress: bool = False,
     noise: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+    guidance: str = "cfg",
 ) -> torch.Tensor:
     """Samples (len(digits), 1, 8, 8) in [-1, 1]ish, row i of digit ``digits[i]``, with classifier-free guidance.
 
     ``guidance_scale`` s >= 0 (1: the conditional model alone, run without the null-label pass; 0: the
     unconditional one) and ``guidance_rescale`` phi in [0, 1] as in :func:`ddim.sample`; ``generator`` a
-    generator or one per row; ``noise`` a fixed x_T (len(digits), 1, 8, 8) instead of a drawn one.
+    generator or one per row; ``noise`` a fixed x_T (len(digits), 1, 8, 8) instead of a drawn one; ``callback``
+    as :func:`ddim.sample`'s, after every step. ``guidance="cfg++"``: CFG++ (arXiv 2406.08070) with
+    ``guidance_scale`` lambda in [0, 1] and no rescale (``ddim.CFGPlusPlus``).
     """
     labels = check_digits(digits)
+    check_str_choice("guidance", guidance, GUIDANCE_KINDS)
     check_real("guidance_scale", guidance_scale, 0.0)
     check_real("guidance_rescale", guidance_rescale, 0.0, 1.0)
     conditional, unconditional = guided_models(model, labels)
-    # at s = 1 the guided output is the conditional one and the rescale is 1: the null-label pass is skipped
-    rescale = guidance_rescale if guidance_scale != 1.0 else 0.0
-    guided = ClassifierFreeGuidance(conditional, unconditional, guidance_scale, rescale)
+    guided: Model
+    if guidance == "cfg++":
+        if guidance_rescale != 0.0:
+            raise ArgumentValueError(f"guidance_rescale={guidance_rescale!r} is for guidance='cfg'; CFG++ takes 0")
+        guided = CFGPlusPlus(conditional, unconditional, guidance_scale)
+    else:
+        # at s = 1 the guided output is the conditional one and the rescale is 1: the null-label pass is skipped
+        rescale = guidance_rescale if guidance_scale != 1.0 else 0.0
+        guided = ClassifierFreeGuidance(conditional, unconditional, guidance_scale, rescale)
     return sample(
         guided,
         scheduler,
-        None if noise is not None else (labels.shape[0], 1, 8, 8),
+        None if noise is not None else (labels.shape[0], *SAMPLE_SHAPE),
         noise=noise,
         num_inference_steps=steps,
         eta=eta,
         generator=generator,
         device=device,
         progress=progress,
+        callback=callback,
     )

@@ -16,6 +16,13 @@ PIXEL_MAX = 16.0
 #: The held-out split: this many digits, drawn (stratified by label) with this seed.
 TEST_SIZE = 297
 SPLIT_SEED = 0
+#: The shape of one digit (channels, height, width): what the digits models sample and the metrics take.
+SAMPLE_SHAPE: tuple[int, int, int] = (1, 8, 8)
+
+
+def batch_shape_text(batch: str = "N") -> str:
+    """A batch of digits' shape as messages write it: ``"(N, 1, 8, 8)"``."""
+    return f"({batch}, {', '.join(map(str, SAMPLE_SHAPE))})"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ddim.app.digits.classifier import DigitsClassifier, load_classifier
-from ddim.app.digits.data import DigitsSplit, load_digits_split
+from ddim.app.digits.data import SAMPLE_SHAPE, DigitsSplit, batch_shape_text, load_digits_split
 from ddim.validation import ArgumentValueError, check_int
 
 
@@ -62,8 +62,8 @@ class DigitsFID:
     @torch.no_grad()
     def features(self, samples: torch.Tensor) -> torch.Tensor:
         """Classifier features of ``samples`` (clipped to [-1, 1], the range of real digits)."""
-        if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 8, 8):
-            raise ArgumentValueError(f"samples must have shape (N, 1, 8, 8), got {tuple(samples.shape)}")
+        if samples.ndim != 4 or tuple(samples.shape[1:]) != SAMPLE_SHAPE:
+            raise ArgumentValueError(f"samples must have shape {batch_shape_text()}, got {tuple(samples.shape)}")
         return self.classifier.features(samples.detach().float().cpu().clamp(-1, 1))
 
     def statistics(self, samples: torch.Tensor) -> FeatureStatistics:
@@ -96,5 +96,5 @@ class DigitsFID:
             result["split_half"] = frechet_distance(
                 self.statistics(train[order[:count]]), self.statistics(train[order[count:]])
             )
-        result["noise"] = self(torch.randn((count, 1, 8, 8), generator=generator))
+        result["noise"] = self(torch.randn((count, *SAMPLE_SHAPE), generator=generator))
         return result

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from ddim.app.digits.classifier import NUM_CLASSES, DigitsClassifier
+from ddim.app.digits.data import SAMPLE_SHAPE, batch_shape_text
 from ddim.logprob import ddim_step_with_logprob
 from ddim.noise import randn_like_diffusers
 from ddim.scheduler import DDIMScheduler
@@ -44,8 +45,6 @@ from ddim.validation import ArgumentValueError, check_int, check_real, check_str
 
 Objective = Literal["sf", "is"]
 OBJECTIVES = ("sf", "is")
-#: Samples are (B, 1, 8, 8) digits in [-1, 1].
-SAMPLE_SHAPE = (1, 8, 8)
 #: ``reward(samples) -> (B,)`` rewards.
 Reward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -106,7 +105,7 @@ def target_probability(classifier: DigitsClassifier, samples: torch.Tensor, targ
     """The classifier's probability (B,) of digit ``target`` for samples (B, 1, 8, 8), clipped to [-1, 1]."""
     target = check_int("target", target, 0, NUM_CLASSES - 1)
     if samples.ndim != 4 or tuple(samples.shape[1:]) != SAMPLE_SHAPE:
-        raise ArgumentValueError(f"samples must have shape (B, 1, 8, 8), got {tuple(samples.shape)}")
+        raise ArgumentValueError(f"samples must have shape {batch_shape_text('B')}, got {tuple(samples.shape)}")
     with torch.no_grad():
         logits = classifier(samples.detach().float().clamp(-1, 1))
     return torch.softmax(logits, dim=1)[:, target]

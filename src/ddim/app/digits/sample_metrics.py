@@ -20,7 +20,7 @@ import torch
 
 from ddim.app.digits.classifier import DigitsClassifier, load_classifier
 from ddim.app.digits.conditional import NUM_DIGITS, check_digits
-from ddim.app.digits.data import PIXEL_MAX, DigitsSplit
+from ddim.app.digits.data import PIXEL_MAX, SAMPLE_SHAPE, DigitsSplit, batch_shape_text
 from ddim.app.digits.fid import DigitsFID, feature_statistics, frechet_distance
 from ddim.validation import ArgumentValueError
 
@@ -30,9 +30,9 @@ OVEREXPOSURE_MARGIN = 2.0 / PIXEL_MAX
 
 def check_samples(samples: torch.Tensor, name: str = "samples") -> torch.Tensor:
     """``samples`` as float32 on the CPU after checking their shape (N >= 1, 1, 8, 8)."""
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 8, 8):
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or tuple(samples.shape[1:]) != SAMPLE_SHAPE:
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
-        raise ArgumentValueError(f"{name} must be a tensor of shape (N, 1, 8, 8), got {shape}")
+        raise ArgumentValueError(f"{name} must be a tensor of shape {batch_shape_text()}, got {shape}")
     if samples.shape[0] == 0:
         raise ArgumentValueError(f"{name} must hold at least one image")
     return samples.detach().float().cpu()
@@ -114,7 +114,7 @@ class DigitsJudge:
         for digit in range(NUM_DIGITS):
             pool = images[labels == digit]
             resampled.append(pool[torch.randint(0, pool.shape[0], (per_digit,), generator=generator)])
-        noise = torch.randn((digits.shape[0], 1, 8, 8), generator=generator)
+        noise = torch.randn((digits.shape[0], *SAMPLE_SHAPE), generator=generator)
         return {
             "resampled": self.per_class_fid(torch.cat(resampled), digits),
             "noise": self.per_class_fid(noise, digits),

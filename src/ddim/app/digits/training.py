@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from ddim.app.atomic import write_atomically
 from ddim.app.digits import DigitsUNet, UNetConfig, load_digits_split
-from ddim.atomic import write_atomically
 from ddim.scheduler import DDIMScheduler
 from ddim.validation import check_int, check_real
 

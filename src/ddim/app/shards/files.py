@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ddim.app.atomic import TEMP_SUFFIX, write_bytes_atomically
 from ddim.app.seeding import sample_seeds
 from ddim.app.shards.layout import (
     IMAGES_NAME,
@@ -26,7 +27,6 @@ from ddim.app.shards.layout import (
     shard_ranges,
 )
 from ddim.app.shards.schema import check_manifest, record_problem
-from ddim.atomic import TEMP_SUFFIX, write_bytes_atomically
 
 #: Write errors that are the environment's, not a bug: reported as one line (:func:`write_file`).
 WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -76,8 +76,13 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a shard directory, its structure checked; ``ShardError`` if it has none or it is damaged."""
+    """The manifest of a shard directory, its structure checked; ``ShardError`` if the directory does not exist,
+    has no manifest or a damaged one."""
     path = Path(out_dir) / MANIFEST_NAME
+    if not Path(out_dir).exists():
+        raise ShardError(f"{str(out_dir)!r} does not exist")
+    if not Path(out_dir).is_dir():
+        raise ShardError(f"{str(out_dir)!r} is not a directory")
     if not path.is_file():
         raise ShardError(f"{str(out_dir)!r} has no {MANIFEST_NAME}: it is not a ddim shard directory")
     try:

@@ -38,6 +38,7 @@ from ddim.app.shards.processes import (
     recorded_shards,
     wait_for_shards,
 )
+from ddim.app.wording import counted
 from ddim.model import Model, NonFiniteOutputError
 from ddim.progress import Progress
 from ddim.sampling import sample
@@ -89,8 +90,8 @@ class GenerationSummary:
 
     def describe(self) -> str:
         return (
-            f"{self.generated} samples in {self.seconds:.2f} s: {self.samples_per_second:.1f} samples/s "
-            f"on {self.world_size} process{'es' if self.world_size > 1 else ''} "
+            f"{counted(self.generated, 'sample')} in {self.seconds:.2f} s: {self.samples_per_second:.1f} samples/s "
+            f"on {counted(self.world_size, 'process', 'processes')} "
             f"({self.skipped} already complete, {self.num_samples} in {self.out_dir})"
         )
 

@@ -76,18 +76,55 @@ def run_identity(
     return normalised
 
 
+#: A list longer than this is shown in a difference as its length, its first two and its last value.
+LONG_LIST = 8
+
+
 def config_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """One line per key whose value differs between a manifest's config and this run's."""
+    """One phrase per key whose value differs between a manifest's config and this run's.
 
-    def short(value: Any) -> str:
-        text = json.dumps(value, sort_keys=True)
-        return text if len(text) <= 80 else text[:77] + "..."
-
+    ``KEY: manifest has A, this run has B`` with the values in full; for a nested dict (the model, the
+    scheduler) only its differing fields; a long list (the timesteps) as ``50 values [981, 961, ..., 1]``.
+    """
     return [
-        f"{key}: manifest has {short(recorded.get(key))}, this run has {short(current.get(key))}"
+        f"{key}: manifest has {shown}, this run has {other}"
         for key in sorted(set(recorded) | set(current))
         if recorded.get(key) != current.get(key)
+        for shown, other in [difference_values(recorded.get(key), current.get(key))]
     ]
+
+
+def difference_values(recorded: Any, current: Any) -> tuple[str, str]:
+    """The two values of a differing key as a difference shows them (see :func:`config_differences`)."""
+    recorded, current = differing_fields(recorded, current)
+    shown, other = (json.dumps(value, sort_keys=True) for value in (recorded, current))
+    if isinstance(recorded, list) and isinstance(current, list):
+        short, short_other = (list_summary(value) for value in (recorded, current))
+        if short != short_other:
+            return short, short_other
+    return shown, other
+
+
+def differing_fields(recorded: Any, current: Any) -> tuple[Any, Any]:
+    """Two dicts reduced, at every depth, to the fields whose values differ; other values as they are."""
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded, current
+    kept: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    for name in sorted(set(recorded) | set(current)):
+        if recorded.get(name) != current.get(name):
+            pair = differing_fields(recorded.get(name), current.get(name))
+            for side, values, value in zip((recorded, current), kept, pair, strict=True):
+                if name in side:
+                    values[name] = value
+    return kept
+
+
+def list_summary(values: list[Any]) -> str:
+    """A list in a difference: in full up to ``LONG_LIST`` values, else ``N values [a, b, ..., z]``."""
+    if len(values) <= LONG_LIST:
+        return json.dumps(values, sort_keys=True)
+    first, second, last = (json.dumps(value, sort_keys=True) for value in (values[0], values[1], values[-1]))
+    return f"{len(values)} values [{first}, {second}, ..., {last}]"
 
 
 # --------------------------------------------------------------------------- directory preparation (rank 0)

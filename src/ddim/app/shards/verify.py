@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ddim.app.atomic import TEMP_SUFFIX
 from ddim.app.shards.files import inspect_shard, npz_bytes, read_manifest, shard_records, stray_files, write_file
 from ddim.app.shards.layout import ShardError, parse_shard_name, shard_file, shard_ranges
 from ddim.app.shards.lock import describe_owner, read_owner
-from ddim.atomic import TEMP_SUFFIX
+from ddim.app.wording import counted
 
 
 @dataclass
@@ -22,6 +23,7 @@ class VerifyReport:
     num_samples: int
     num_shards: int
     complete: list[int] = field(default_factory=list)
+    complete_samples: int = 0
     missing: list[int] = field(default_factory=list)
     corrupt: dict[int, str] = field(default_factory=dict)
     stray: list[str] = field(default_factory=list)
@@ -32,7 +34,8 @@ class VerifyReport:
         return not self.missing and not self.corrupt and not self.stray
 
     def describe(self) -> str:
-        lines = [f"{self.out_dir}: {len(self.complete)}/{self.num_shards} shards complete ({self.num_samples} samples)"]
+        done = f"{len(self.complete)}/{counted(self.num_shards, 'shard')} complete"
+        lines = [f"{self.out_dir}: {done} ({self.complete_samples} of {counted(self.num_samples, 'sample')})"]
         if self.in_use is not None:
             lines.append(f"note: {self.in_use} (its lock file is there): the directory may be changing")
         if self.missing:
@@ -64,6 +67,7 @@ def _inspect(directory: Path, keep: bool) -> tuple[VerifyReport, dict[int, dict[
         problem, shard = inspect_shard(directory, shard_id, config, records.get(shard_id))
         if problem is None and shard is not None:
             report.complete.append(shard_id)
+            report.complete_samples += spans[shard_id][1] - spans[shard_id][0]
             if keep:
                 arrays[shard_id] = shard
         elif problem == "missing":

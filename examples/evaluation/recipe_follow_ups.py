@@ -8,9 +8,9 @@
 
 Run from the repository root (about 4, 6 and 15 minutes on one CPU thread)::
 
-    OMP_NUM_THREADS=1 python docs/eval/recipe/follow_ups.py rescale_1 docs/eval/recipe/rescale_1.json
-    OMP_NUM_THREADS=1 python docs/eval/recipe/follow_ups.py linspace docs/eval/recipe/linspace.json
-    OMP_NUM_THREADS=1 python docs/eval/recipe/follow_ups.py margins docs/eval/recipe/margins.json
+    OMP_NUM_THREADS=1 python examples/evaluation/recipe_follow_ups.py rescale_1 docs/eval/recipe/rescale_1.json
+    OMP_NUM_THREADS=1 python examples/evaluation/recipe_follow_ups.py linspace docs/eval/recipe/linspace.json
+    OMP_NUM_THREADS=1 python examples/evaluation/recipe_follow_ups.py margins docs/eval/recipe/margins.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ddim.app.digits import DigitsUNet, load_model, load_pretrained
 from ddim.app.digits.sample_metrics import DigitsJudge, overexposed_fraction
 from ddim.app.recipe_evaluation import RecipeCell, run_recipe_cell, sample_cell
 
-CONTROL = Path("docs/eval/control/digits_unet_control.safetensors")
+CONTROL = Path("examples/evaluation/models/digits_unet_control.safetensors")
 SEEDS = range(5)
 MARGINS = (0.0, 1 / 16, 1 / 8, 1 / 4)
 

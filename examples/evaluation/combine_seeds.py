@@ -1,7 +1,11 @@
 """Pool the DDIM (S=50, eta=0) vs DDPM cells at one N of `ddim eval` runs with disjoint seeds.
 
-Usage: python docs/eval/combine_seeds.py docs/eval/table1.json docs/eval/seeds_5_14/table1.json
-       python docs/eval/combine_seeds.py --count 2000 docs/eval/n2000/table1.json docs/eval/n2000_seeds_5_9/table1.json
+Usage, from the repository root (the two commands of docs/evaluation.md)::
+
+    python examples/evaluation/combine_seeds.py docs/eval/table1.json docs/eval/seeds_5_14/table1.json
+    python examples/evaluation/combine_seeds.py --count 2000 \\
+        docs/eval/n2000/table1.json docs/eval/n2000_seeds_5_9/table1.json
+
 Prints each side's per-seed FIDs, mean +- std, the ratio of means, and a 95% bootstrap interval of that
 ratio (seeds resampled with replacement, each side independently, 20,000 times, numpy seed 0).
 """
