@@ -17,8 +17,10 @@ from ddim.app import images, timing
 from ddim.app.cli import arguments, devices, loading, outputs, usage
 from ddim.app.cli.sharded import add_sharded_options, run_sharded
 from ddim.app.digits.conditional import (
+    DEFAULT_CFG_PP_SCALE,
     DEFAULT_GUIDANCE_RESCALE,
     DEFAULT_GUIDANCE_SCALE,
+    GUIDANCE_KINDS,
     NUM_DIGITS,
     sample_digits,
 )
@@ -59,11 +61,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="digits 0-9 to draw, or 'all' (0..9): one row per digit",
     )
     group.add_argument(
+        "--guidance",
+        choices=GUIDANCE_KINDS,
+        default=None,
+        help="cfg: classifier-free guidance; cfg++: CFG++ (arXiv 2406.08070): x0 from the guided v, the step "
+        "renoising with the unconditional one, lambda = --guidance-scale in [0, 1] (default: cfg; needs --digit)",
+    )
+    group.add_argument(
         "--guidance-scale",
         type=arguments.non_negative_float,
         default=None,
         help=f"classifier-free guidance s >= 0: v = v_null + s (v_digit - v_null); 1 = none "
-        f"(default: {DEFAULT_GUIDANCE_SCALE:g}; needs --digit)",
+        f"(default: {DEFAULT_GUIDANCE_SCALE:g}; CFG++'s lambda in [0, 1], default {DEFAULT_CFG_PP_SCALE:g}; "
+        "needs --digit)",
     )
     group.add_argument(
         "--guidance-rescale",
@@ -83,7 +93,11 @@ def digit_arg(text: str) -> tuple[int, ...]:
 def conditional_digits(args: argparse.Namespace) -> list[int] | None:
     """The digits asked for (``None`` without --digit), after checking the options that need --digit."""
     if args.digit is None:
-        for flag, value in (("--guidance-scale", args.guidance_scale), ("--guidance-rescale", args.guidance_rescale)):
+        for flag, value in (
+            ("--guidance", args.guidance),
+            ("--guidance-scale", args.guidance_scale),
+            ("--guidance-rescale", args.guidance_rescale),
+        ):
             if value is not None:
                 raise usage.UsageError(f"{flag} needs --digit (the unconditional model has no guidance)")
         return None
@@ -107,6 +121,7 @@ def generate_samples(
     labels: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
     guidance_rescale: float = 0.0,
+    guidance: str = "cfg",
 ) -> torch.Tensor:
     """Samples ``start .. start + count - 1`` of ``seed``: sample i's x_T and noise depend on seed and i only.
 
@@ -128,7 +143,7 @@ def generate_samples(
             }
             if labels is not None:
                 rows = labels[first - start : first - start + size]
-                shared |= {"guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale}
+                shared |= {"guidance": guidance, "guidance_scale": guidance_scale, "guidance_rescale": guidance_rescale}
                 batch = sample_digits(loaded.model, scheduler, rows, steps=steps, **shared)
             else:
                 shape = (size, *loaded.sample_shape)
@@ -182,15 +197,24 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
     """``--digit``: -n samples of each digit from the conditional model, one row per digit (row-major seeds)."""
     per_digit = args.num_samples or DEFAULT_PER_DIGIT
     count = per_digit * len(digits)
-    scale_s = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
-    rescale = DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale
+    kind = args.guidance or "cfg"
+    if kind == "cfg++":
+        if args.guidance_rescale is not None:
+            raise usage.UsageError("--guidance-rescale is for --guidance cfg; CFG++ has no rescale")
+        scale_s = DEFAULT_CFG_PP_SCALE if args.guidance_scale is None else args.guidance_scale
+        if scale_s > 1.0:
+            raise usage.UsageError(f"--guidance-scale {scale_s:g} is out of range for --guidance cfg++; allowed: 0..1")
+        rescale = 0.0
+    else:
+        scale_s = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+        rescale = DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale
     outputs.check_png_output(args.output, args.force)
     with timing.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=True)
         columns = per_digit if len(digits) > 1 else math.ceil(math.sqrt(per_digit))
         outputs.check_grid_size(count, columns, loaded.sample_shape, scale, "--scale, -n or the number of digits")
         labels = torch.tensor(digits, dtype=torch.int64).repeat_interleave(per_digit)
-        guidance = {"guidance_scale": scale_s, "guidance_rescale": rescale}
+        guidance = {"guidance": kind, "guidance_scale": scale_s, "guidance_rescale": rescale}
         options: dict[str, Any] = {**guidance, **sampling_options(args)}
         samples = generate_samples(loaded, scheduler, count, labels=labels, **options)
         outputs.check_finite(samples)
@@ -198,7 +222,8 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
     shown = " ".join(str(d) for d in digits) if len(digits) <= 10 else counted(len(digits), "digit")
     print(
         f"wrote {args.output} ({counted(per_digit, 'sample')} of digit(s) {shown} "
-        f"from the {loaded.description}, {counted(args.steps, 'step')}, guidance {scale_s:g}, rescale {rescale:g}, "
+        f"from the {loaded.description}, {counted(args.steps, 'step')}, {kind} guidance {scale_s:g}, "
+        f"rescale {rescale:g}, "
         f"eta {args.eta:g}, seed {args.seed}) in {elapsed[0]:.1f} s"
     )
     return 0

@@ -40,8 +40,10 @@ NUM_LABELS = 11
 #: while digits-FID grows with s (3.3, 3.9, 7.0 at s = 1, 1.5, 2; 16 at s = 3): 1.5 is the smallest s at 100%.
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_GUIDANCE_RESCALE = 0.7
-#: Guidance kinds of :func:`sample_digits`: classifier-free guidance, or CFG++ (arXiv 2406.08070).
+#: Guidance kinds of :func:`sample_digits`: classifier-free guidance, or CFG++ (arXiv 2406.08070), whose
+#: lambda is in [0, 1]; 0.6 is the CFG++ paper's usual text-to-image value.
 GUIDANCE_KINDS = ("cfg", "cfg++")
+DEFAULT_CFG_PP_SCALE = 0.6
 
 
 def scheduler_config(zero_snr: bool = True) -> dict[str, Any]:
