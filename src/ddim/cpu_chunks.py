@@ -1,13 +1,13 @@
 """The cache-chunked CPU update, split across torch's intra-op threads.
 
 A CPU tensor larger than the caches is updated chunk by chunk: every operation of the update runs on
-one chunk while it is in cache, so each tensor crosses memory once. The chunks are cut into one
-contiguous block per thread (``torch.get_num_threads()``); the calling thread takes the first block and a
-small pool of Python threads the others. Torch operations release the GIL, and an operation on a chunk
-no larger than torch's parallel grain (32768 elements) runs on the thread that calls it, so each thread
-works through its own block and writes (``out=``) disjoint slices of the outputs. Every chunk is computed
-by the same operations on the same slices whichever thread takes it: the numbers are bit-equal to those
-of one thread.
+one chunk while it is in cache, so each tensor crosses memory once. Up to ``torch.get_num_threads()``
+threads (the caller and a small pool of Python threads) take runs of :data:`RUN_CHUNKS` consecutive chunks
+from a shared counter until none are left, so a thread slowed by other work on its core takes fewer runs
+instead of holding the step up. Torch operations release the GIL, and an operation on a chunk no larger
+than torch's parallel grain (32768 elements) runs on the thread that calls it, so the threads work side by
+side, each writing (``out=``) its own slices of the outputs. Every chunk is computed by the same operations
+on the same slices whichever thread takes it: the numbers are bit-equal to those of one thread.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from ddim.validation import ArgumentValueError
 #: (fp32, 32768-element chunks): a second thread took 0.60-0.75x the time of one from 16 chunks
 #: (512K elements) on, 0.9-1.2x at 4 chunks, where starting it costs about what it saves.
 MIN_CHUNKS_PER_THREAD = 16
+#: Chunks a thread takes at a time: 8 x 32768 elements, a few hundred microseconds of work.
+RUN_CHUNKS = 8
 
 
 class ChunkPass(Protocol):
@@ -48,22 +50,36 @@ class ChunkPass(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def thread_blocks(chunks: int, threads: int) -> list[range]:
-    """Contiguous blocks of chunk indices, one per thread used: at most ``threads``, each of at least
-    :data:`MIN_CHUNKS_PER_THREAD` chunks (one block when there are fewer), sizes differing by at most one."""
-    count = max(1, min(threads, chunks // MIN_CHUNKS_PER_THREAD))
-    base, extra = divmod(chunks, count)
-    blocks, start = [], 0
-    for i in range(count):
-        stop = start + base + (i < extra)
-        blocks.append(range(start, stop))
-        start = stop
-    return blocks
+def threads_for(chunks: int, threads: int) -> int:
+    """Threads that share ``chunks`` chunks: at most ``threads``, and one per :data:`MIN_CHUNKS_PER_THREAD`
+    chunks (at least one)."""
+    return max(1, min(threads, chunks // MIN_CHUNKS_PER_THREAD))
+
+
+class ChunkRuns:
+    """Runs of :data:`RUN_CHUNKS` consecutive chunk indices handed out in order, each once, to any thread."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.next = 0
+        self.lock = threading.Lock()
+
+    def take(self) -> range | None:
+        """The next run, or ``None`` when every chunk has been handed out."""
+        with self.lock:
+            start = self.next
+            self.next = min(start + RUN_CHUNKS, self.chunks)
+        return range(start, self.next) if start < self.chunks else None
+
+    def stop(self) -> None:
+        """Hand out nothing more (a chunk failed)."""
+        with self.lock:
+            self.next = self.chunks
 
 
 class WorkerPool:
-    """A lazily grown pool of Python threads for the blocks after the first; re-made in a forked child
-    (a parent's threads do not exist there)."""
+    """A lazily grown pool of Python threads that help the caller; re-made in a forked child (a parent's
+    threads do not exist there)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -101,12 +117,18 @@ class ChunkedUpdate:
     factors: Sequence[float | torch.Tensor] | None
     work: torch.dtype
     inference: bool
+    runs: ChunkRuns
 
-    def run(self, block: range) -> None:
-        """Update the chunks of ``block``, in the caller's inference mode, recording no gradients."""
-        with torch.inference_mode(self.inference), torch.no_grad():
-            for i in block:
-                self.run_chunk(i)
+    def run(self) -> None:
+        """Update runs of chunks until none are left, in the caller's inference mode, recording no gradients."""
+        try:
+            with torch.inference_mode(self.inference), torch.no_grad():
+                while (run := self.runs.take()) is not None:
+                    for i in run:
+                        self.run_chunk(i)
+        except BaseException:
+            self.runs.stop()
+            raise
 
     def run_chunk(self, i: int) -> None:
         x, m = self.xs[i], self.ms[i]
@@ -140,8 +162,8 @@ def update_in_chunks(
     """``chunk_pass`` over the flat CPU tensors x, m (and z) in chunks of ``chunk`` elements, into the flat
     ``prev_out`` and ``x0_out``, computed in ``work`` (inputs of another dtype are cast chunk by chunk).
 
-    The chunks are shared among ``threads`` threads (default ``torch.get_num_threads()``) as
-    :func:`thread_blocks` cuts them; the results do not depend on the number of threads.
+    The chunks are shared among as many threads as :func:`threads_for` allows of ``threads`` (default
+    ``torch.get_num_threads()``); the results do not depend on the number of threads.
     """
     if threads is None:
         threads = torch.get_num_threads()
@@ -149,9 +171,10 @@ def update_in_chunks(
         raise ArgumentValueError(f"threads must be a positive int, got {threads!r}")
     if chunk < 1:
         raise ArgumentValueError(f"chunk must be a positive number of elements, got {chunk!r}")
+    xs = x.split(chunk)
     job = ChunkedUpdate(
         chunk_pass,
-        x.split(chunk),
+        xs,
         m.split(chunk),
         z.split(chunk) if z is not None else None,
         prev_out.split(chunk),
@@ -162,14 +185,15 @@ def update_in_chunks(
         factors,
         work,
         torch.is_inference_mode_enabled(),
+        ChunkRuns(len(xs)),
     )
-    first, *rest = thread_blocks(len(job.xs), threads)
-    if not rest:
-        job.run(first)
+    helpers = threads_for(len(xs), threads) - 1
+    if helpers == 0:
+        job.run()
         return
-    pending = [WORKERS.get(len(rest)).submit(job.run, block) for block in rest]
+    pending = [WORKERS.get(helpers).submit(job.run) for _ in range(helpers)]
     try:
-        job.run(first)
+        job.run()
     finally:
         concurrent.futures.wait(pending)
     for future in pending:

@@ -1,5 +1,6 @@
-"""The chunked CPU update split across threads: bit-equal to one thread in every configuration, each thread
-on its own contiguous block, the caller's inference mode kept, and a usable pool in a forked child."""
+"""The chunked CPU update split across threads: bit-equal to one thread in every configuration, every chunk
+computed once in runs of consecutive chunks, the caller's inference mode kept, a failure stopping every
+thread, and a usable pool in a forked child."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ import ddim.cpu_chunks as cpu_chunks
 import ddim.update as update
 from ddim import DDIMScheduler
 from ddim.coefficients import update_terms
-from ddim.cpu_chunks import MIN_CHUNKS_PER_THREAD, thread_blocks, update_in_chunks
+from ddim.cpu_chunks import MIN_CHUNKS_PER_THREAD, RUN_CHUNKS, ChunkRuns, threads_for, update_in_chunks
 from ddim.thresholding import X0Transform
 from ddim.update import update_pass
 
 CHUNK = 37  # elements per chunk in these tests: a ragged last chunk
 SHAPE = (3, 5, 7, 11)  # 1155 elements: 32 chunks
+FLAT_CHUNK = 4  # elements per chunk of the flat inputs below
 BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
@@ -57,7 +59,7 @@ def test_threads_give_the_bits_of_one_thread(
     s.set_timesteps(10)
     g = torch.Generator().manual_seed(1)
     x, m, z = ((torch.randn(SHAPE, generator=g, dtype=torch.float64) * 1.5).to(dtype) for _ in range(3))
-    assert len(thread_blocks(x.numel() // CHUNK + 1, 3)) == 3  # the test splits the work
+    assert threads_for(-(-x.numel() // CHUNK), 3) == 3  # the test splits the work
     for t in (int(s.timesteps[1]), int(s.timesteps[-1])):
         for eta, noise in ((0.0, None), (1.0, z)):
             for clipped in (False, True):
@@ -95,12 +97,17 @@ def test_a_step_in_inference_mode_runs_on_threads(chunked_everywhere: None) -> N
     assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
 
 
-def recording_pass(seen: list[tuple[int, int]]) -> cpu_chunks.ChunkPass:
-    """``update_pass`` that records (thread id, first element of the chunk's x) per call."""
+def recording_pass(seen: list[tuple[int, int]], caller: int, helped: threading.Event) -> cpu_chunks.ChunkPass:
+    """``update_pass`` that records (thread id, chunk index) per call; the caller's first chunk waits until
+    another thread has computed one (so the test cannot pass by the caller doing all the work)."""
 
     def chunk_pass(x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        seen.append((threading.get_ident(), int(x[0].item())))
-        time.sleep(0.001)  # long enough that the other thread takes its block
+        me = threading.get_ident()
+        if me == caller and not seen:
+            helped.wait(timeout=10)
+        seen.append((me, int(x[0].item()) // FLAT_CHUNK))
+        if me != caller:
+            helped.set()
         return update_pass(x, *args, **kwargs)
 
     return chunk_pass
@@ -111,59 +118,76 @@ def flat_inputs(numel: int) -> tuple[torch.Tensor, torch.Tensor, Sequence[float]
     return x, x.flip(0), (0.5, -0.25, 1.5, 0.75, 2.0, 0.0), torch.empty(numel), torch.empty(numel)
 
 
-def test_each_thread_takes_one_contiguous_block() -> None:
-    chunks, threads = 3 * MIN_CHUNKS_PER_THREAD + 1, 3
-    x, m, c, prev, x0 = flat_inputs(chunks * 4 - 2)
+def test_threads_take_runs_of_consecutive_chunks_each_once() -> None:
+    chunks = 3 * MIN_CHUNKS_PER_THREAD + 1
+    x, m, c, prev, x0 = flat_inputs(chunks * FLAT_CHUNK - 2)  # a ragged last chunk
     seen: list[tuple[int, int]] = []
+    helped = threading.Event()
     terms = update_terms("epsilon", False, False)
+    chunk_pass = recording_pass(seen, threading.get_ident(), helped)
     update_in_chunks(
-        recording_pass(seen), x, m, None, c, terms, X0Transform(), None, prev, x0, work=x.dtype, chunk=4, threads=3
+        chunk_pass, x, m, None, c, terms, X0Transform(), None, prev, x0, work=x.dtype, chunk=FLAT_CHUNK, threads=3
     )
-    assert sorted(first for _, first in seen) == list(range(0, x.numel(), 4))
+    assert helped.is_set()
+    assert sorted(i for _, i in seen) == list(range(chunks))
     by_thread: dict[int, list[int]] = {}
-    for ident, first in seen:
-        by_thread.setdefault(ident, []).append(first // 4)
-    blocks = thread_blocks(chunks, threads)
-    assert len(blocks) == threads and len(by_thread) >= 2
-    assert by_thread[threading.get_ident()] == list(blocks[0])  # the caller takes the first block, only that
-    for walked in by_thread.values():  # a pool thread may take a second block after its first: whole, in order
-        position = 0
-        while position < len(walked):
-            block = next(b for b in blocks if b.start == walked[position])
-            assert walked[position : position + len(block)] == list(block)
-            position += len(block)
+    for ident, i in seen:
+        by_thread.setdefault(ident, []).append(i)
+    assert 2 <= len(by_thread) <= 3
+    for taken in by_thread.values():  # whole runs, each in order
+        assert taken == sorted(taken)
+        for start in taken[::RUN_CHUNKS]:
+            assert start % RUN_CHUNKS == 0
     expected_prev, expected_x0 = update_pass(x, m, None, c, terms, X0Transform())
     assert torch.equal(prev, expected_prev) and torch.equal(x0, expected_x0)
 
 
-def test_a_failing_chunk_raises_in_the_caller_after_every_thread_has_stopped() -> None:
-    x, m, c, prev, x0 = flat_inputs(MIN_CHUNKS_PER_THREAD * 2 * 4)
+def test_chunk_runs_hand_out_each_chunk_once_until_stopped() -> None:
+    runs = ChunkRuns(2 * RUN_CHUNKS + 3)
+    assert [runs.take() for _ in range(4)] == [
+        range(0, RUN_CHUNKS),
+        range(RUN_CHUNKS, 2 * RUN_CHUNKS),
+        range(2 * RUN_CHUNKS, 2 * RUN_CHUNKS + 3),
+        None,
+    ]
+    stopped = ChunkRuns(100)
+    stopped.take()
+    stopped.stop()
+    assert stopped.take() is None
+
+
+def test_a_failing_chunk_stops_every_thread_and_raises_in_the_caller() -> None:
+    chunks = 64 * RUN_CHUNKS
+    x, m, c, prev, x0 = flat_inputs(chunks * FLAT_CHUNK)
+    caller, helped = threading.get_ident(), threading.Event()
     done: list[int] = []
 
     def failing(x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if int(x[0].item()) == 0:  # the caller's first chunk
+        if threading.get_ident() == caller:  # fails while the other thread is inside a run
+            helped.wait(timeout=10)
             raise RuntimeError("chunk failed")
-        time.sleep(0.0005)
-        done.append(int(x[0].item()))
+        helped.set()
+        time.sleep(0.001)
+        done.append(int(x[0].item()) // FLAT_CHUNK)
         return update_pass(x, *args, **kwargs)
 
     terms = update_terms("epsilon", False, False)
     with pytest.raises(RuntimeError, match="chunk failed"):
-        update_in_chunks(failing, x, m, None, c, terms, X0Transform(), None, prev, x0, work=x.dtype, chunk=4, threads=2)
+        update_in_chunks(
+            failing, x, m, None, c, terms, X0Transform(), None, prev, x0, work=x.dtype, chunk=FLAT_CHUNK, threads=2
+        )
     count = len(done)
-    time.sleep(0.01)
-    assert len(done) == count == MIN_CHUNKS_PER_THREAD  # the other thread's whole block, finished before the raise
+    time.sleep(0.05)
+    assert len(done) == count  # the other thread had finished when the caller raised
+    assert 1 <= count <= 2 * RUN_CHUNKS  # and stopped after its run (a second one if it took it first)
 
 
 @given(chunks=st.integers(1, 5000), threads=st.integers(1, 256))
-def test_thread_blocks_cover_the_chunks_in_even_contiguous_blocks(chunks: int, threads: int) -> None:
-    blocks = thread_blocks(chunks, threads)
-    assert [i for block in blocks for i in block] == list(range(chunks))
-    assert 1 <= len(blocks) <= threads
-    sizes = [len(block) for block in blocks]
-    assert max(sizes) - min(sizes) <= 1
-    assert len(blocks) == 1 or min(sizes) >= MIN_CHUNKS_PER_THREAD
-    assert len(blocks) == min(threads, max(1, chunks // MIN_CHUNKS_PER_THREAD))
+def test_a_thread_is_used_per_min_chunks_up_to_the_thread_count(chunks: int, threads: int) -> None:
+    used = threads_for(chunks, threads)
+    assert 1 <= used <= threads
+    assert used == 1 or chunks >= used * MIN_CHUNKS_PER_THREAD
+    assert used == threads or chunks < (used + 1) * MIN_CHUNKS_PER_THREAD
 
 
 @pytest.mark.parametrize(
@@ -176,7 +200,7 @@ def test_thread_blocks_cover_the_chunks_in_even_contiguous_blocks(chunks: int, t
 )
 def test_bad_thread_counts_and_chunk_sizes_are_refused(key: str, value: Any, message: str) -> None:
     x, m, c, prev, x0 = flat_inputs(8)
-    arguments: dict[str, Any] = {"work": x.dtype, "chunk": 4, "threads": 2, key: value}
+    arguments: dict[str, Any] = {"work": x.dtype, "chunk": FLAT_CHUNK, "threads": 2, key: value}
     with pytest.raises(ValueError, match=message):
         update_in_chunks(
             update_pass,
@@ -195,15 +219,15 @@ def test_bad_thread_counts_and_chunk_sizes_are_refused(key: str, value: Any, mes
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_gets_its_own_worker_threads() -> None:
-    x, m, c, prev, x0 = flat_inputs(MIN_CHUNKS_PER_THREAD * 2 * 4)
+    x, m, c, prev, x0 = flat_inputs(MIN_CHUNKS_PER_THREAD * 2 * FLAT_CHUNK)
     terms = update_terms("epsilon", False, False)
     run = (update_pass, x, m, None, c, terms, X0Transform(), None, prev, x0)
-    update_in_chunks(*run, work=x.dtype, chunk=4, threads=2)  # the parent's pool exists now
+    update_in_chunks(*run, work=x.dtype, chunk=FLAT_CHUNK, threads=2)  # the parent's pool exists now
     expected = prev.clone()
     pid = os.fork()
     if pid == 0:  # the child: a pool inherited as it is would queue the second block for ever
         prev.zero_()
-        update_in_chunks(*run, work=x.dtype, chunk=4, threads=2)
+        update_in_chunks(*run, work=x.dtype, chunk=FLAT_CHUNK, threads=2)
         os._exit(0 if torch.equal(prev, expected) else 1)
     deadline = time.monotonic() + 30
     while (finished := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
