@@ -25,11 +25,13 @@ from ddim.coefficients import UpdateTerms
 from ddim.thresholding import X0Transform
 from ddim.validation import ArgumentValueError
 
-#: Fewest chunks a thread is given. Measured with ``benchmarks/chunk_threads.py`` on a 2-core machine
-#: (fp32, 32768-element chunks): a second thread took 0.60-0.75x the time of one from 16 chunks
-#: (512K elements) on, 0.9-1.2x at 4 chunks, where starting it costs about what it saves.
-MIN_CHUNKS_PER_THREAD = 16
-#: Chunks a thread takes at a time: 8 x 32768 elements, a few hundred microseconds of work.
+#: Fewest chunks per thread: a step of n chunks uses at most n // 8 threads. Measured with
+#: ``benchmarks/chunk_threads.py`` (fp32, 32768-element chunks, 2 threads against 1, two runs on the shared
+#: 2-core machine at load 4-6 and 15): 1.3-1.4x the time at 1 chunk per thread, 0.84-1.03x at 2, 0.60-0.77x at
+#: 4, 0.32-0.68x at 8 and more; so a thread pays from about 4 chunks, and 8 leaves a margin.
+MIN_CHUNKS_PER_THREAD = 8
+#: Chunks a thread takes at a time: 8 x 32768 elements, a few hundred microseconds of work (one run per
+#: thread at the fewest chunks per thread).
 RUN_CHUNKS = 8
 
 
