@@ -78,12 +78,18 @@ def interleaved_medians(
     return [statistics.median(t) for t in times]
 
 
-def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 7) -> float:
-    """Device copy bandwidth in bytes/s, counting bytes read plus written (preallocated buffers)."""
+def copy_call(device: torch.device, nbytes: int) -> tuple[Callable[[], object], int]:
+    """A copy between two preallocated ``nbytes`` buffers, and the bytes it moves (read plus written)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    (seconds,) = interleaved_medians([lambda: dst.copy_(src)], device, reps, budget_s=0.05, cap=200)
-    return 2 * src.numel() * 4 / seconds
+    return (lambda: dst.copy_(src)), 2 * src.numel() * 4
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 7) -> float:
+    """Device copy bandwidth in bytes/s, counting bytes read plus written (preallocated buffers)."""
+    copy, moved = copy_call(device, nbytes)
+    (seconds,) = interleaved_medians([copy], device, reps, budget_s=0.05, cap=200)
+    return moved / seconds
 
 
 def environment(device: torch.device) -> dict[str, Any]:

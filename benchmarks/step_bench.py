@@ -6,13 +6,15 @@ get the same ``variance_noise`` (the noise draw is not timed). The timestep is a
 element of ``scheduler.timesteps`` on the device (what pipelines pass: a 0-dim device tensor).
 
 "floor" = bytes a fused step must move (read x_t, the model output and the noise, write x_{t-1} and
-x_0) / the copy bandwidth measured in the same run (preallocated buffers, read + write counted).
+x_0) / the copy bandwidth (preallocated buffers, read + write counted), the copy timed with each case,
+interleaved with its steps at the same thread count, so that both see the same machine load.
 On CUDA, "ours graphed" is our step applied 50 times (tensor timesteps) replayed from one CUDA graph,
 per step. On the CPU every case runs at each thread count of ``--threads`` (``torch.set_num_threads``
 before each repetition; all counts interleaved in one measurement), with the floor at that count's copy
 bandwidth; "ours / ours 1 thread" is our time at that count over ours on one thread.
 
-    python benchmarks/step_bench.py [--quick] [--device cpu|cuda|all] [--threads 1,2,8] [--out results/step.json]
+    python benchmarks/step_bench.py [--quick] [--device cpu|cuda|all] [--threads 1,2,8] [--shape 16x16x256x256]
+        [--out results/step.json]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from common import (
     CONFIGS,
     DTYPES,
     copy_bandwidth,
+    copy_call,
     devices,
     environment,
     interleaved_medians,
@@ -116,11 +119,12 @@ def run(
     """Every case at every thread count (CPU; CUDA: the current count), ours and diffusers interleaved."""
     if device.type == "cuda":
         thread_counts = [torch.get_num_threads()]
-    bandwidths = {}
+    copy_bytes = 256 << 20 if device.type == "cuda" else 64 << 20
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        bandwidths[threads] = copy_bandwidth(device, 256 << 20 if device.type == "cuda" else 64 << 20)
-        print(f"\n{device}, {threads} threads: copy bandwidth {bandwidths[threads] / 1e9:.1f} GB/s (read + write)")
+        bandwidth = copy_bandwidth(device, copy_bytes)
+        print(f"\n{device}, {threads} threads: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)")
+    copy, copied = copy_call(device, copy_bytes)
     rows = []
     for shape_name, shape in shapes.items():
         for dtype_name in dtypes:
@@ -129,17 +133,17 @@ def run(
                 for eta in (0.0, 1.0):
                     for kind in ("int", "tensor"):
                         ours, theirs = make_case(device, shape, dtype, config, eta, kind)
-                        setups = [thread_setter(k) for k in thread_counts for _ in (ours, theirs)]
+                        setups = [thread_setter(k) for k in thread_counts for _ in (ours, theirs, copy)]
                         medians = interleaved_medians(
-                            [ours, theirs] * len(thread_counts), device, reps, budget, setups=setups
+                            [ours, theirs, copy] * len(thread_counts), device, reps, budget, setups=setups
                         )
                         numel = 1
                         for s in shape:
                             numel *= s
                         moved = numel * dtype.itemsize * (4 + (eta > 0))
                         for i, threads in enumerate(thread_counts):
-                            t_ours, t_theirs = medians[2 * i], medians[2 * i + 1]
-                            floor = moved / bandwidths[threads]
+                            t_ours, t_theirs, t_copy = medians[3 * i : 3 * i + 3]
+                            floor = moved / (copied / t_copy)
                             row = {
                                 "device": device.type,
                                 "shape": shape_name,
@@ -202,6 +206,17 @@ def thread_counts(text: str) -> list[int]:
     return sorted(counts | {1})
 
 
+def shape_arg(text: str) -> tuple[int, ...]:
+    """``--shape``: positive dimensions joined by x, e.g. 16x16x256x256."""
+    try:
+        dims = tuple(int(part) for part in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 16x16x256x256, got {text!r}") from None
+    if min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"dimensions must be at least 1, got {text!r}")
+    return dims
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes, dtypes and repetitions (CPU smoke run)")
@@ -214,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 2],
         help="CPU intra-op thread counts, comma-separated (default 1,2; 1 is always included)",
     )
+    parser.add_argument("--shape", type=shape_arg, help="only this shape, e.g. 16x16x256x256 (fp32 with --quick)")
     parser.add_argument("--out", default="results/step.json")
     args = parser.parse_args(argv)
     reps = args.reps or (5 if args.quick else 7)
@@ -228,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shapes = {**SHAPES, big_name: big_shape}
             dtypes = ["fp32", "fp16", "bf16"]
+        if args.shape is not None:
+            shapes = {"x".join(map(str, args.shape)): args.shape}
         rows += run(device, shapes, dtypes, reps, budget, args.threads)
         envs[device.type] = environment(device)
     path = write_json(args.out, {"environment": envs, "rows": rows})
