@@ -5,7 +5,7 @@ rewritten), so both load at once; steps are timed interleaved (before, after, be
 minimum over the repetitions of each side is reported (the least disturbed measurement on a shared CPU).
 
     git worktree add /tmp/before REV
-    python benchmarks/before_after_step.py /tmp/before/src/ddim
+    python benchmarks/before_after_step.py /tmp/before/src/ddim [--threads 2]
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path, help="the other revision's src/ddim folder")
     parser.add_argument("--repetitions", type=int, default=25)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         before = load_renamed(args.before, Path(folder))
-        print(f"before: {args.before}; after: {Path(ddim.__file__).parent}; shape {SHAPE}, fp32, 1 thread")
+        print(
+            f"before: {args.before}; after: {Path(ddim.__file__).parent}; shape {SHAPE}, fp32, {args.threads} thread(s)"
+        )
         print("| config | eta | timestep | before us | after us | after / before |\n|---|---|---|---|---|---|")
         ratios = []
         for name, config in CONFIGS.items():

@@ -47,17 +47,28 @@ def calls_for(fn: Callable[[], object], device: torch.device, budget_s: float, c
 
 
 def interleaved_medians(
-    fns: Sequence[Callable[[], object]], device: torch.device, reps: int, budget_s: float, cap: int = 2000
+    fns: Sequence[Callable[[], object]],
+    device: torch.device,
+    reps: int,
+    budget_s: float,
+    cap: int = 2000,
+    setups: Sequence[Callable[[], object]] | None = None,
 ) -> list[float]:
     """Median seconds per call of each function; repetitions alternate between the functions.
 
     Each repetition runs a function ``n`` times back to back (``n`` calibrated per function), with a
-    device sync at its end, so asynchronous launches are charged in full.
+    device sync at its end, so asynchronous launches are charged in full. ``setups`` (one per function,
+    untimed) run before each function's calibration and each of its repetitions (e.g. a thread count).
     """
-    counts = [calls_for(fn, device, budget_s, cap) for fn in fns]
+    prepare = list(setups) if setups is not None else [lambda: None] * len(fns)
+    counts = []
+    for fn, setup in zip(fns, prepare, strict=True):
+        setup()
+        counts.append(calls_for(fn, device, budget_s, cap))
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        for fn, n, out in zip(fns, counts, times, strict=True):
+        for fn, n, out, setup in zip(fns, counts, times, prepare, strict=True):
+            setup()
             synchronize(device)
             start = time.perf_counter()
             for _ in range(n):
@@ -67,12 +78,18 @@ def interleaved_medians(
     return [statistics.median(t) for t in times]
 
 
-def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 7) -> float:
-    """Device copy bandwidth in bytes/s, counting bytes read plus written (preallocated buffers)."""
+def copy_call(device: torch.device, nbytes: int) -> tuple[Callable[[], object], int]:
+    """A copy between two preallocated ``nbytes`` buffers, and the bytes it moves (read plus written)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    (seconds,) = interleaved_medians([lambda: dst.copy_(src)], device, reps, budget_s=0.05, cap=200)
-    return 2 * src.numel() * 4 / seconds
+    return (lambda: dst.copy_(src)), 2 * src.numel() * 4
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 7) -> float:
+    """Device copy bandwidth in bytes/s, counting bytes read plus written (preallocated buffers)."""
+    copy, moved = copy_call(device, nbytes)
+    (seconds,) = interleaved_medians([copy], device, reps, budget_s=0.05, cap=200)
+    return moved / seconds
 
 
 def environment(device: torch.device) -> dict[str, Any]:

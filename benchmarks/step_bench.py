@@ -6,16 +6,21 @@ get the same ``variance_noise`` (the noise draw is not timed). The timestep is a
 element of ``scheduler.timesteps`` on the device (what pipelines pass: a 0-dim device tensor).
 
 "floor" = bytes a fused step must move (read x_t, the model output and the noise, write x_{t-1} and
-x_0) / the copy bandwidth measured in the same run (preallocated buffers, read + write counted).
+x_0) / the copy bandwidth (preallocated buffers, read + write counted), the copy timed with each case,
+interleaved with its steps at the same thread count, so that both see the same machine load.
 On CUDA, "ours graphed" is our step applied 50 times (tensor timesteps) replayed from one CUDA graph,
-per step.
+per step. On the CPU every case runs at each thread count of ``--threads`` (``torch.set_num_threads``
+before each repetition; all counts interleaved in one measurement), with the floor at that count's copy
+bandwidth; "ours / ours 1 thread" is our time at that count over ours on one thread.
 
-    python benchmarks/step_bench.py [--quick] [--device cpu|cuda|all] [--out results/step.json]
+    python benchmarks/step_bench.py [--quick] [--device cpu|cuda|all] [--threads 1,2,8] [--shape 16x16x256x256]
+        [--out results/step.json]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +30,7 @@ from common import (
     CONFIGS,
     DTYPES,
     copy_bandwidth,
+    copy_call,
     devices,
     environment,
     interleaved_medians,
@@ -97,11 +103,28 @@ def graphed_steps(
     return graph.replay, len(steps)
 
 
+def thread_setter(threads: int) -> Callable[[], None]:
+    """Sets torch's intra-op thread count (the timed calls run after it)."""
+    return lambda: torch.set_num_threads(threads)
+
+
 def run(
-    device: torch.device, shapes: dict[str, tuple[int, ...]], dtypes: list[str], reps: int, budget: float
+    device: torch.device,
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: list[str],
+    reps: int,
+    budget: float,
+    thread_counts: list[int],
 ) -> list[dict[str, Any]]:
-    bandwidth = copy_bandwidth(device, 256 << 20 if device.type == "cuda" else 64 << 20)
-    print(f"\n{device}: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)")
+    """Every case at every thread count (CPU; CUDA: the current count), ours and diffusers interleaved."""
+    if device.type == "cuda":
+        thread_counts = [torch.get_num_threads()]
+    copy_bytes = 256 << 20 if device.type == "cuda" else 64 << 20
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        bandwidth = copy_bandwidth(device, copy_bytes)
+        print(f"\n{device}, {threads} threads: copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)")
+    copy, copied = copy_call(device, copy_bytes)
     rows = []
     for shape_name, shape in shapes.items():
         for dtype_name in dtypes:
@@ -110,33 +133,41 @@ def run(
                 for eta in (0.0, 1.0):
                     for kind in ("int", "tensor"):
                         ours, theirs = make_case(device, shape, dtype, config, eta, kind)
-                        t_ours, t_theirs = interleaved_medians([ours, theirs], device, reps, budget)
+                        setups = [thread_setter(k) for k in thread_counts for _ in (ours, theirs, copy)]
+                        medians = interleaved_medians(
+                            [ours, theirs, copy] * len(thread_counts), device, reps, budget, setups=setups
+                        )
                         numel = 1
                         for s in shape:
                             numel *= s
                         moved = numel * dtype.itemsize * (4 + (eta > 0))
-                        floor = moved / bandwidth
-                        row = {
-                            "device": device.type,
-                            "shape": shape_name,
-                            "dtype": dtype_name,
-                            "config": config_name,
-                            "eta": eta,
-                            "timestep": kind,
-                            "ours_us": t_ours * 1e6,
-                            "diffusers_us": t_theirs * 1e6,
-                            "speedup": t_theirs / t_ours,
-                            "floor_us": floor * 1e6,
-                            "ours_floor": t_ours / floor,
-                            "diffusers_floor": t_theirs / floor,
-                        }
-                        if device.type == "cuda" and kind == "tensor":
-                            replay, n = graphed_steps(device, shape, dtype, config, eta)
-                            (t_graph,) = interleaved_medians([replay], device, reps, budget)
-                            row["ours_graph_us"] = t_graph / n * 1e6
-                            row["graph_floor"] = t_graph / n / floor
-                        rows.append(row)
-                        print_table([row], COLUMNS) if len(rows) == 1 else print_row(row)
+                        for i, threads in enumerate(thread_counts):
+                            t_ours, t_theirs, t_copy = medians[3 * i : 3 * i + 3]
+                            floor = moved / (copied / t_copy)
+                            row = {
+                                "device": device.type,
+                                "shape": shape_name,
+                                "dtype": dtype_name,
+                                "config": config_name,
+                                "eta": eta,
+                                "timestep": kind,
+                                "threads": threads,
+                                "ours_us": t_ours * 1e6,
+                                "diffusers_us": t_theirs * 1e6,
+                                "speedup": t_theirs / t_ours,
+                                "ours_scaling": t_ours / medians[0],
+                                "floor_us": floor * 1e6,
+                                "ours_floor": t_ours / floor,
+                                "diffusers_floor": t_theirs / floor,
+                            }
+                            if device.type == "cuda" and kind == "tensor":
+                                replay, n = graphed_steps(device, shape, dtype, config, eta)
+                                (t_graph,) = interleaved_medians([replay], device, reps, budget)
+                                row["ours_graph_us"] = t_graph / n * 1e6
+                                row["graph_floor"] = t_graph / n / floor
+                            rows.append(row)
+                            print_table([row], COLUMNS) if len(rows) == 1 else print_row(row)
+    torch.set_num_threads(thread_counts[0])
     return rows
 
 
@@ -146,9 +177,11 @@ COLUMNS = [
     ("config", "config", "s"),
     ("eta", "eta", ".0f"),
     ("timestep", "timestep", "s"),
+    ("threads", "threads", "d"),
     ("ours_us", "ours us", ".1f"),
     ("diffusers_us", "diffusers us", ".1f"),
     ("speedup", "diffusers / ours", ".2f"),
+    ("ours_scaling", "ours / ours 1 thread", ".2f"),
     ("floor_us", "floor us", ".2f"),
     ("ours_floor", "ours / floor", ".2f"),
     ("diffusers_floor", "diffusers / floor", ".2f"),
@@ -162,12 +195,41 @@ def print_row(row: dict[str, Any]) -> None:
     print("| " + " | ".join(cells) + " |", flush=True)
 
 
+def thread_counts(text: str) -> list[int]:
+    """``--threads``: positive ints, comma-separated; 1 first (the reference of the scaling column)."""
+    try:
+        counts = {int(part) for part in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2,8, got {text!r}") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be at least 1, got {text!r}")
+    return sorted(counts | {1})
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    """``--shape``: positive dimensions joined by x, e.g. 16x16x256x256."""
+    try:
+        dims = tuple(int(part) for part in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 16x16x256x256, got {text!r}") from None
+    if min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"dimensions must be at least 1, got {text!r}")
+    return dims
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes, dtypes and repetitions (CPU smoke run)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 7; quick 5)")
     parser.add_argument("--budget", type=float, default=None, help="seconds per repetition and function")
+    parser.add_argument(
+        "--threads",
+        type=thread_counts,
+        default=[1, 2],
+        help="CPU intra-op thread counts, comma-separated (default 1,2; 1 is always included)",
+    )
+    parser.add_argument("--shape", type=shape_arg, help="only this shape, e.g. 16x16x256x256 (fp32 with --quick)")
     parser.add_argument("--out", default="results/step.json")
     args = parser.parse_args(argv)
     reps = args.reps or (5 if args.quick else 7)
@@ -182,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shapes = {**SHAPES, big_name: big_shape}
             dtypes = ["fp32", "fp16", "bf16"]
-        rows += run(device, shapes, dtypes, reps, budget)
+        if args.shape is not None:
+            shapes = {"x".join(map(str, args.shape)): args.shape}
+        rows += run(device, shapes, dtypes, reps, budget, args.threads)
         envs[device.type] = environment(device)
     path = write_json(args.out, {"environment": envs, "rows": rows})
     print(f"wrote {path}")

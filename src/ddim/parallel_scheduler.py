@@ -62,9 +62,8 @@ class ParallelStepping(DDIMStepping):
         """sigma^2 / eta^2 (eq. 16) elementwise from abar at ``t`` to abar at ``prev_t`` (negative: 1, as
         diffusers' batched step; the final alpha with ``prev_timestep_from_grid=True``), float32."""
         grid_option = self.config.get("prev_timestep_from_grid", False)
-        return step_variance(
-            self.alphas_cumprod, batch_final_alpha(grid_option, float(self.final_alpha_cumprod)), t, prev_t
-        )
+        final = batch_final_alpha(grid_option, float(self.final_alpha_cumprod))
+        return step_variance(self.alphas_cumprod, final, t, prev_t, ("t", "prev_t"))
 
 
 class DDIMParallelScheduler(ParallelStepping, DDIMScheduler):

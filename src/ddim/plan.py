@@ -59,16 +59,18 @@ def batch_final_alpha(prev_timestep_from_grid: bool, final_alpha_cumprod: float)
     return final_alpha_cumprod if prev_timestep_from_grid else 1.0
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Landing:
     """Where a step from each training timestep lands and the alpha-bar pair it steps between.
 
     Attributes:
+        name: which landing of its plan it is (``"step"``, ``"batch"``, ``"ddpo"``): the key of its rules.
         timesteps: int64 (T,): the landing of each t (negative: past timestep 0, the final alpha).
         pairs: float64 (T + 2, 2): (alpha_bar_from, alpha_bar_to) of the step at t; NaN rows at T and -1.
         final_alpha_cumprod: alpha_bar of a landing past timestep 0.
     """
 
+    name: str
     timesteps: torch.Tensor
     pairs: torch.Tensor
     final_alpha_cumprod: float
@@ -76,11 +78,16 @@ class Landing:
 
     @classmethod
     def build(
-        cls, alphas_cumprod: torch.Tensor, landing: np.ndarray | torch.Tensor, final: float, climb: bool = False
+        cls,
+        name: str,
+        alphas_cumprod: torch.Tensor,
+        landing: np.ndarray | torch.Tensor,
+        final: float,
+        climb: bool = False,
     ) -> Landing:
         """The landing of every timestep and its alpha pairs (a ``climb`` steps from the landing up to t)."""
         timesteps = torch.as_tensor(np.asarray(landing, dtype=np.int64).copy())
-        return cls(timesteps, alpha_pairs(alphas_cumprod, timesteps, final, climb), final)
+        return cls(name, timesteps, alpha_pairs(alphas_cumprod, timesteps, final, climb), final)
 
     def pairs_on(self, device: torch.device) -> torch.Tensor:
         """The pairs on ``device`` (copied once; prepared on the plan's device when it is built)."""
@@ -101,7 +108,7 @@ class GridStep:
     alpha_to: float
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class StepPlan:
     """A grid, where each of its steps lands, and the folded coefficients of each step (see the module doc).
 
@@ -149,7 +156,7 @@ class StepPlan:
         landing = self.memo.get("ddpo")
         if landing is None:
             clamped = self.landing.timesteps.clamp(0, self.num_train_timesteps - 1)
-            landing = Landing.build(self.alphas_cumprod, clamped, self.landing.final_alpha_cumprod)
+            landing = Landing.build("ddpo", self.alphas_cumprod, clamped, self.landing.final_alpha_cumprod)
             self.memo["ddpo"] = landing
         return landing
 
@@ -165,7 +172,7 @@ class StepPlan:
         ``split``: the noise direction comes from another output than x0 (CFG++)."""
         landing = self.landing if landing is None else landing
         key = (
-            landing,
+            landing.name,
             config.prediction_type,
             config.clip_sample,
             config.clip_sample_range,
@@ -208,14 +215,18 @@ class StepPlan:
 
 
 def step_variance(
-    alphas_cumprod: torch.Tensor, final_alpha_cumprod: float, timestep: Timestep, prev_timestep: Timestep
+    alphas_cumprod: torch.Tensor,
+    final_alpha_cumprod: float,
+    timestep: Timestep,
+    prev_timestep: Timestep,
+    names: tuple[str, str] = ("timestep", "prev_timestep"),
 ) -> torch.Tensor:
     """sigma_t^2 / eta^2 (DDIM paper, eq. 16) from ``timestep`` to ``prev_timestep`` (negative: the final alpha),
     ints or integer tensors of any shape (elementwise; a tensor on an accelerator is not read), float32 as
-    diffusers' ``_get_variance`` computes it."""
+    diffusers' ``_get_variance`` computes it; ``names`` are the caller's names of the two arguments."""
     total = len(alphas_cumprod)
-    t = timestep_index("timestep", timestep, total)
-    prev = timestep_index("prev_timestep", prev_timestep, total, negative=True)
+    t = timestep_index(names[0], timestep, total)
+    prev = timestep_index(names[1], prev_timestep, total, negative=True)
     return schedule_variance(alphas_cumprod, t, prev.to(t.device), final_alpha_cumprod)
 
 
@@ -237,8 +248,11 @@ def make_plan(
     total = len(alphas_cumprod)
     target = torch.device(device) if device is not None else torch.device("cpu")
     landing_array = landing_timesteps(rule, grid, total)
-    landing = Landing.build(alphas_cumprod, landing_array, final_alpha_cumprod, climb)
-    batch = None if batch_final_alpha is None else Landing.build(alphas_cumprod, landing_array, batch_final_alpha)
+    landing = Landing.build("step", alphas_cumprod, landing_array, final_alpha_cumprod, climb)
+    if batch_final_alpha is None:
+        batch = None
+    else:
+        batch = Landing.build("batch", alphas_cumprod, landing_array, batch_final_alpha)
     for prepared in (landing, batch):
         if prepared is not None and target.type != "cpu":
             prepared.pairs_on(target)

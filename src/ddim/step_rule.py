@@ -11,7 +11,7 @@ kernel on CUDA when it handles the tensors, else :func:`ddim.update.torch_update
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ddim.plan import Landing
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class StepRule:
     """Coefficients of every step of ``landing`` for one configuration, and the update that applies them."""
 
@@ -44,9 +44,33 @@ class StepRule:
     eta: float
     split: bool
     terms: UpdateTerms
-    table: torch.Tensor
-    host_rows: list[HostRow]
+    num_train_timesteps: int
     device_tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict, repr=False)
+    _table: torch.Tensor | None = field(default=None, repr=False)
+    _rows: list[HostRow] | None = field(default=None, repr=False)
+
+    @property
+    def table(self) -> torch.Tensor:
+        """Float64 (T + 2, 6) folded coefficients of every timestep (NaN rows at T and -1), made on first use."""
+        if self._table is None:
+            self.tabulate()
+        return cast(torch.Tensor, self._table)
+
+    @property
+    def host_rows(self) -> list[HostRow]:
+        """The table's rows as Python floats (what a host timestep's step reads), made on first use."""
+        if self._rows is None:
+            self.tabulate()
+        return cast(list[HostRow], self._rows)
+
+    def tabulate(self) -> None:
+        """Build the table and its host rows (not while tracing: a compiled step derives its rows in the graph)."""
+        pairs = self.landing.pairs
+        separate = self.transform.active or self.split
+        self._table = step_coefficients(
+            pairs[:, 0], pairs[:, 1], self.eta, self.prediction_type, separate, self.use_clipped_x0
+        )
+        self._rows = [HostRow(row) for row in self._table.tolist()]
 
     def device_table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The table on ``device`` in ``dtype``, copied once per device and dtype without a host sync."""
@@ -60,9 +84,9 @@ class StepRule:
         """The coefficients of the step at ``timestep``: a :class:`HostRow` for a host timestep (a Python or
         numpy int, or a 0-dim CPU tensor, read once), else :class:`DeviceRows` gathered on the sample's device
         (no host read; an out-of-range entry gives NaN there)."""
-        total = len(self.host_rows) - 2
-        if type(timestep) is int and 0 <= timestep < total:  # the common case first
-            return self.host_rows[timestep]
+        total = self.num_train_timesteps
+        if type(timestep) is int and 0 <= timestep < total and self._rows is not None:  # the common case first
+            return self._rows[timestep]
         if isinstance(timestep, torch.Tensor):
             if timestep.dtype not in INTEGER_DTYPES:
                 raise ArgumentTypeError(f"timestep must be an integer tensor, got dtype {timestep.dtype}")
@@ -131,15 +155,12 @@ def make_step_rule(
     eta: float,
     split: bool = False,
 ) -> StepRule:
-    """Tabulate the folded coefficients of every step of ``landing`` (float64) for one configuration.
+    """The rule of every step of ``landing`` for one configuration (its float64 table is made on first use).
 
     ``split``: x0 and the noise direction come from different outputs (CFG++), so the direction's
     coefficients stay apart from x0's, as when x0 is transformed.
     """
     use_clipped_x0 = use_clipped_model_output and transform.active
-    separate = transform.active or split
-    pairs = landing.pairs
-    table = step_coefficients(pairs[:, 0], pairs[:, 1], eta, prediction_type, separate, use_clipped_x0)
-    terms = update_terms(prediction_type, separate, use_clipped_x0)
-    rows = [HostRow(row) for row in table.tolist()]
-    return StepRule(landing, prediction_type, transform, use_clipped_x0, eta, split, terms, table, rows)
+    terms = update_terms(prediction_type, transform.active or split, use_clipped_x0)
+    total = landing.timesteps.shape[0]
+    return StepRule(landing, prediction_type, transform, use_clipped_x0, eta, split, terms, total)

@@ -40,6 +40,7 @@ from ddim.coefficients import (
     UpdateTerms,
 )
 from ddim.cpu_buffers import empty_cpu
+from ddim.cpu_chunks import update_in_chunks
 from ddim.tensor_checks import leading_shape
 from ddim.thresholding import X0Transform, threshold_scale
 from ddim.validation import ArgumentTypeError, ArgumentValueError
@@ -192,7 +193,8 @@ def torch_update(
 
     ``renoise``: the output the noise direction is taken from (CFG++), default ``model_output``. On the
     CPU a tensor larger than :data:`CPU_CHUNK_THRESHOLD` elements is processed in chunks of
-    :data:`CPU_CHUNK` so that every intermediate pass stays in cache (one pass over memory per tensor).
+    :data:`CPU_CHUNK` so that every intermediate pass stays in cache (one pass over memory per tensor),
+    the chunks shared among torch's intra-op threads (:mod:`ddim.cpu_chunks`).
     """
     rows = coefficient_rows(coefficients, sample)
     dtype = sample.dtype
@@ -225,16 +227,6 @@ def torch_update(
     shape = sample.shape
     x, m = sample.reshape(-1), model_output.reshape(-1)
     z = noise.reshape(-1) if noise is not None else None
-    direct = work == dtype and model_output.dtype == dtype
     prev_out, x0_out = empty_cpu(x.shape, dtype), empty_cpu(x.shape, dtype)
-    for lo in range(0, x.numel(), CPU_CHUNK):
-        hi = lo + CPU_CHUNK
-        x_c, m_c = x[lo:hi].to(work), m[lo:hi].to(work)
-        z_c = z[lo:hi] if z is not None else None
-        if direct:
-            update_pass(x_c, m_c, z_c, c, terms, transform, x0_out[lo:hi], prev_out[lo:hi], factors)
-        else:
-            prev_c, x0_c = update_pass(x_c, m_c, z_c, c, terms, transform, factors=factors)
-            prev_out[lo:hi].copy_(prev_c)
-            x0_out[lo:hi].copy_(x0_c)
+    update_in_chunks(update_pass, x, m, z, c, terms, transform, factors, prev_out, x0_out, work=work, chunk=CPU_CHUNK)
     return prev_out.view(shape), x0_out.view(shape)
