@@ -8,11 +8,12 @@ shard directory, its manifest is damaged, or --output cannot be written (nothing
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ddim.app.cli import common
-from ddim.app.shards import merge_shards, verify_shards
+from ddim.app.shards import OutputExistsError, merge_shards, verify_shards
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,12 +25,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     common.check_output_path(args.output)  # before verifying, which reads every shard
-    if args.output.exists() and not args.force:
-        raise common.UsageError(f"--output {str(args.output)!r} exists; pass --force to replace it")
+    exists = common.UsageError(f"--output {str(args.output)!r} exists; pass --force to replace it")
+    if os.path.lexists(args.output) and not args.force:
+        raise exists
     report = verify_shards(args.out_dir)
     if not report.ok:
         print(report.describe(), file=sys.stderr)
         return 1
-    target = merge_shards(args.out_dir, args.output, overwrite=args.force)
+    try:
+        target = merge_shards(args.out_dir, args.output, overwrite=args.force)
+    except OutputExistsError:  # another merge took the file meanwhile
+        raise exists from None
     print(f"wrote {target} ({report.num_samples} samples from {report.num_shards} shards)")
     return 0
