@@ -5,23 +5,27 @@ or one line; none is blessed."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_shard_faults import cli, copy_of, edit_manifest
+from test_shard_faults import bless, cli, copy_of, edit_manifest
 from test_shards import run, shard_digests
 
 from ddim.app.seeding import SEED_RULE
 from ddim.app.shards import OutputExistsError, ShardError, merge_shards, record_file, shard_file, verify_shards
 from ddim.app.shards import verify as verify_module
+from ddim.app.shards.files import read_npz
 from ddim.app.shards.layout import LOCK_NAME, MANIFEST_NAME, MAX_SHARDS
 from ddim.app.shards.lock import acquire_lock
 from ddim.app.shards.schema import check_manifest
@@ -158,6 +162,43 @@ def test_a_manifest_that_is_a_fifo_or_a_device_is_one_line(
             code, _, error = cli(capsys, "verify", str(out))
         assert code == 2 and len(error.strip().splitlines()) == 1
         assert "FIFO (named pipe), not a regular file" in error or "is a symbolic link" in error
+
+
+def npy_claiming(shape: tuple[int, ...]) -> bytes:
+    """A ``.npy`` whose header declares ``shape`` (float32) but which holds 16 bytes of data."""
+    buffer = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + bytes(16)
+
+
+def test_a_blessed_shard_whose_header_claims_a_huge_array_is_corrupt_without_allocating_it(
+    untouched: Path, tmp_path: Path
+) -> None:
+    out = copy_of(untouched, tmp_path)
+    arrays = read_npz((out / shard_file(1)).read_bytes())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in ("indices", "seeds"):
+            archive.writestr(f"{name}.npy", npz_member(arrays[name]))
+        archive.writestr("samples.npy", npy_claiming((10**12, 3)))  # 12 TB declared
+    (out / shard_file(1)).write_bytes(buffer.getvalue())
+    record = bless(out, 1)  # the tamperer also fixes the manifest's checksum
+    edit_manifest(out, lambda manifest: manifest["shards"].__setitem__("1", record))
+    with prompt():
+        why = verify_shards(out).corrupt[1]
+    assert why.startswith("unreadable: member 'samples.npy' declares (1000000000000, 3) float32, more than it holds")
+    compressed = io.BytesIO()
+    with zipfile.ZipFile(compressed, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("samples.npy", npz_member(np.zeros(10**5, np.float32)))  # a compression bomb in small
+    with pytest.raises(ValueError, match=r"is not an uncompressed \.npy array"):
+        read_npz(compressed.getvalue())
+
+
+def npz_member(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- the layout

@@ -47,10 +47,31 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def read_npz(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` held in ``data`` (never unpickles)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    """The arrays of an uncompressed ``.npz`` held in ``data`` (never unpickles, never allocates beyond ``data``).
+
+    ``ValueError`` for a member that is compressed, a ``.npy`` header that is not a plain array, or one that
+    declares more bytes than the member holds (a tampered header would otherwise allocate its shape).
+    """
+    arrays = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename!r} is not an uncompressed .npy array")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = _HEADER_READERS.get(version)
+                if read_header is None:
+                    raise ValueError(f"member {info.filename!r} is a .npy of version {version}, not 1.0 or 2.0")
+                shape, _, dtype = read_header(member)
+                if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                    raise ValueError(f"member {info.filename!r} declares {shape} {dtype}, more than it holds")
+            with archive.open(info) as member:
+                arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
 
 
 def sha256_hex(data: bytes) -> str:
