@@ -11,33 +11,9 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
-from test_cli_validation import assert_one_line_error, cli
+from test_cli_validation import assert_one_line_error, cli, pipeline_folder
 
 from ddim.app.digits import DigitsUNet, UNetConfig
-
-UNET_CONFIG = {
-    "_class_name": "UNet2DModel",
-    "sample_size": 8,
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": [8, 16],
-    "norm_num_groups": 4,
-    "layers_per_block": 1,
-    "down_block_types": ["DownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "UpBlock2D"],
-}
-
-
-def pipeline_folder(tmp_path: Path, scheduler_config: str) -> Path:
-    """A pipeline folder whose scheduler config is ``scheduler_config`` (the weights are never reached)."""
-    pipe = tmp_path / "pipe"
-    (pipe / "unet").mkdir(parents=True)
-    (pipe / "scheduler").mkdir()
-    (pipe / "model_index.json").write_text("{}")
-    (pipe / "unet" / "config.json").write_text(json.dumps(UNET_CONFIG))
-    (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
-    (pipe / "scheduler" / "scheduler_config.json").write_text(scheduler_config)
-    return pipe
 
 
 @pytest.mark.parametrize(
