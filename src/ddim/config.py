@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, overload
 import numpy as np
 import torch
 
+from ddim.config_files import default_value_keys, naming_file, read_config_file
 from ddim.validation import ArgumentTypeError, ArgumentValueError, RefusesItemChanges
 
 CONFIG_NAME = "scheduler_config.json"
@@ -79,23 +80,6 @@ def json_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_value(v) for v in value]
     return value
-
-
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a ``scheduler_config.json``; raise ``ValueError`` naming the file if it is not a JSON object."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise ArgumentValueError(f"cannot read scheduler config {os.fspath(path)!r}: {error}") from error
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ArgumentValueError(f"scheduler config {os.fspath(path)!r} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ArgumentValueError(
-            f"scheduler config {os.fspath(path)!r} must hold a JSON object, got {type(data).__name__}"
-        )
-    return data
 
 
 def resolve_config_path(path: str | os.PathLike[str], subfolder: str | None = None) -> Path:
@@ -224,7 +208,7 @@ class ConfigMixin:
             config = config.config
         if not isinstance(config, Mapping):
             raise ArgumentTypeError(f"config must be a mapping, got {type(config).__name__}")
-        used_defaults = set(config.get("_use_default_values", []) or [])
+        used_defaults = default_value_keys(config)
         source = {k: v for k, v in config.items() if k not in used_defaults and k != "_use_default_values"}
         keys = cls.init_keys()
         init_dict: dict[str, Any] = {}
@@ -307,6 +291,7 @@ class ConfigMixin:
     ) -> S | tuple[S, dict[str, Any]]:
         """Load a scheduler from a local ``scheduler_config.json`` (a file, a folder, or a folder's subfolder)."""
         config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
-        if return_unused_kwargs:
-            return cls.from_config(config, return_unused_kwargs=True, **kwargs)
-        return cls.from_config(config, **kwargs)
+        with naming_file(resolve_config_path(pretrained_model_name_or_path, subfolder)):
+            if return_unused_kwargs:
+                return cls.from_config(config, return_unused_kwargs=True, **kwargs)
+            return cls.from_config(config, **kwargs)

@@ -32,12 +32,14 @@ from ddim.schedules import (
     alphas_cumprod_from_betas,
     betas_from_array,
     check_betas,
+    check_num_train_timesteps,
+    check_steps_offset,
     make_betas,
     rescale_zero_terminal_snr,
 )
 from ddim.stepping import DDIMStepping
 from ddim.timesteps import TIMESTEP_SPACINGS, TimestepSpacing
-from ddim.validation import check_bool, check_int, check_real, check_str_choice
+from ddim.validation import check_bool, check_real, check_str_choice
 
 #: Names of the diffusers schedulers whose configs are interchangeable with this one.
 COMPATIBLE_SCHEDULER_NAMES = (
@@ -78,6 +80,10 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
     ``shared/spec/ddim-scheduler.md`` and the README for the meaning of each argument. One more
     argument, after diffusers' 15: ``prev_timestep_from_grid`` (default False, diffusers' numbers):
     each step lands on the next grid point instead of ``t - T // N``, the last on the final alpha.
+
+    Ranges stricter than diffusers' (which accepts any int and fails later): ``num_train_timesteps`` in
+    1..100000 (``ddim.schedules.MAX_TRAIN_TIMESTEPS``: the tables stay a few MB) and ``steps_offset`` in
+    0..num_train_timesteps - 1 (a ``leading`` grid shifted otherwise lies outside [0, T) whatever the steps).
     """
 
     _compatibles = list(COMPATIBLE_SCHEDULER_NAMES)
@@ -105,7 +111,7 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
         rescale_betas_zero_snr: bool = False,
         prev_timestep_from_grid: bool = False,
     ) -> None:
-        total = check_int("num_train_timesteps", num_train_timesteps, minimum=1)
+        total = check_num_train_timesteps(num_train_timesteps)
         for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
             check_real(name, value, 0.0, 1.0, open_minimum=True)  # a beta is a variance fraction in (0, 1]
         check_real("clip_sample_range", clip_sample_range, 0.0, open_minimum=True)
@@ -119,7 +125,7 @@ class DDIMScheduler(DDIMStepping, ConfigMixin):
             ("prev_timestep_from_grid", prev_timestep_from_grid),
         ):
             check_bool(name, flag)
-        check_int("steps_offset", steps_offset)
+        check_steps_offset(steps_offset, total)
         check_str_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
         check_str_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_str_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)

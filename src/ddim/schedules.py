@@ -17,10 +17,14 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from ddim.validation import ArgumentValueError
+from ddim.validation import ArgumentTypeError, ArgumentValueError, check_int
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)
+
+#: Largest ``num_train_timesteps`` T: the schedule tables are a few tensors of length T, kept to a few MB
+#: (100x the usual 1000), so that a hostile config cannot exhaust the memory.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 #: Largest beta allowed by the cosine schedule (Nichol & Dhariwal, arXiv 2102.09672, sec. 3.2).
 COSINE_MAX_BETA = 0.999
@@ -66,11 +70,31 @@ def make_betas(
     )
 
 
+def check_num_train_timesteps(num_train_timesteps: object) -> int:
+    """``num_train_timesteps`` as an int in 1..:data:`MAX_TRAIN_TIMESTEPS`."""
+    return check_int("num_train_timesteps", num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
+
+
+def check_steps_offset(steps_offset: object, num_train_timesteps: int) -> int:
+    """``steps_offset`` as an int in 0..T - 1: the ``leading`` grid k * (T // N) + steps_offset starts at the offset,
+    so any other offset puts it outside [0, T) whatever the number of steps N (diffusers takes any int, then
+    fails at a step beyond the table or, for a negative offset, silently indexes the table from its end)."""
+    return check_int("steps_offset", steps_offset, 0, num_train_timesteps - 1)
+
+
 def betas_from_array(
     trained_betas: Sequence[float] | np.ndarray | torch.Tensor, num_train_timesteps: int
 ) -> torch.Tensor:
-    """Validate explicit betas: a 1-D sequence of length T with every value in (0, 1]."""
-    betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32)
+    """Validate explicit betas: a 1-D sequence of length T of real numbers, every value in (0, 1]."""
+    try:
+        array = np.asarray(trained_betas.detach().cpu().double() if torch.is_tensor(trained_betas) else trained_betas)
+    except (ValueError, TypeError, RuntimeError):
+        array = np.asarray(None)  # ragged nesting or another unconvertible value: refused below
+    if array.dtype.kind not in "iuf":
+        held = {"U": "strings", "S": "bytes", "b": "bools", "c": "complex numbers"}.get(array.dtype.kind, "non-numbers")
+        given = f"a {type(trained_betas).__name__} of {held}" if array.ndim else repr(trained_betas)
+        raise ArgumentTypeError(f"trained_betas must be a 1-D sequence of real numbers, got {given}")
+    betas = torch.as_tensor(array.astype(np.float64)).to(torch.float32)
     if betas.ndim != 1 or betas.numel() != num_train_timesteps:
         raise ArgumentValueError(
             f"trained_betas must be a 1-D sequence of num_train_timesteps={num_train_timesteps} values, "

@@ -12,6 +12,31 @@ from safetensors.torch import save_file
 from ddim.app.cli import main
 from ddim.app.digits import DigitsUNet, UNetConfig
 
+#: The config of a tiny diffusers UNet2DModel, for pipeline folders.
+UNET_CONFIG = {
+    "_class_name": "UNet2DModel",
+    "sample_size": 8,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [8, 16],
+    "norm_num_groups": 4,
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"],
+}
+
+
+def pipeline_folder(tmp_path: Path, scheduler_config: str) -> Path:
+    """A pipeline folder of a tiny UNet whose weights are garbage and whose scheduler config is ``scheduler_config``."""
+    pipe = tmp_path / "pipe"
+    (pipe / "unet").mkdir(parents=True)
+    (pipe / "scheduler").mkdir()
+    (pipe / "model_index.json").write_text("{}")
+    (pipe / "unet" / "config.json").write_text(json.dumps(UNET_CONFIG))
+    (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    (pipe / "scheduler" / "scheduler_config.json").write_text(scheduler_config)
+    return pipe
+
 
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of ``ddim ARGV``."""
@@ -157,24 +182,7 @@ def test_eval_checks_the_seed_range_and_steps_before_sampling(
 
 def test_a_broken_pipeline_folder_prints_only_our_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("diffusers")
-    pipe = tmp_path / "pipe"
-    (pipe / "unet").mkdir(parents=True)
-    (pipe / "scheduler").mkdir()
-    (pipe / "model_index.json").write_text("{}")
-    unet_config = {
-        "_class_name": "UNet2DModel",
-        "sample_size": 8,
-        "in_channels": 3,
-        "out_channels": 3,
-        "block_out_channels": [8, 16],
-        "norm_num_groups": 4,
-        "layers_per_block": 1,
-        "down_block_types": ["DownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "UpBlock2D"],
-    }
-    (pipe / "unet" / "config.json").write_text(json.dumps(unet_config))
-    (pipe / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
-    (pipe / "scheduler" / "scheduler_config.json").write_text("{}")
+    pipe = pipeline_folder(tmp_path, "{}")
     out = tmp_path / "o.png"
     code, _, err = cli(["sample", "--model", str(pipe), "--no-progress", "-o", str(out)], capsys)
     assert_one_line_error(code, err, f"--model {str(pipe)!r} cannot be loaded")

@@ -140,7 +140,10 @@ def test_half_precision_weights_load_as_float32() -> None:
         ({"unet": {"channels": 8}, "scheduler": {"beta_end": float("nan")}}, "beta_end=nan is out of range"),
         ({"unet": {"channels": 8}, "scheduler": {"num_train_timesteps": 10**9}}, "num_train_timesteps=1000000000"),
         ({"unet": {"channels": 8}, "scheduler": {"steps_offset": 10**30}}, "steps_offset=1000000000000000000000000"),
-        ({"unet": {"channels": 8}, "scheduler": {"trained_betas": {"a": 1}}}, "trained_betas must be a list"),
+        (
+            {"unet": {"channels": 8}, "scheduler": {"trained_betas": {"a": 1}}},
+            "trained_betas must be a 1-D sequence of real numbers",
+        ),
         ({"unet": {"channels": 8}, "scheduler": {"clip_sample": "yes"}}, "clip_sample must be a bool"),
         ({"unet": {"channels": 8}, "scheduler": {"bogus": 1}}, "unknown scheduler config keys ['bogus']"),
         ({"unet": {"channels": 8}, "scheduler": [1]}, "'scheduler' entry must be a JSON object"),

@@ -90,12 +90,12 @@ def draw_config(rng: np.random.Generator) -> tuple[dict[str, Any], int]:
     if total <= 40:
         choices.append(total)
     n = int(rng.choice(choices))
+    if offset >= total:  # refused by our constructor (0..T - 1; diffusers takes any int)
+        config["steps_offset"] = offset = 0
     if spacing == "leading":
         # keep the grid in range: diffusers would index past the table (tested in test_errors.py)
         while n > 1 and (n - 1) * (total // n) + offset >= total:
             n -= 1
-        if offset >= total:
-            config["steps_offset"] = 0
     return config, n
 
 

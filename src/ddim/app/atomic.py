@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -39,6 +40,35 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any],
 def write_bytes_atomically(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
     """Write ``data`` to ``path`` with :func:`write_atomically` (durable unless told otherwise)."""
     write_atomically(path, lambda temporary: temporary.write_bytes(data), durable=durable)
+
+
+def write_bytes_exclusively(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a new file ``path``: ``FileExistsError`` (nothing written) if ``path`` exists.
+
+    The bytes go to a temporary file first (fsynced), which is then hard-linked to ``path``: the link is
+    atomic and fails when ``path`` exists, so of two concurrent writers exactly one succeeds and no reader
+    ever sees a partial file. Where the filesystem has no hard links, ``path`` is created with
+    ``O_CREAT | O_EXCL`` and written (still exclusive, though a reader may then see it while it is written).
+    """
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~current_umask())
+        try:
+            os.link(temporary, target)
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(data)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    fsync(target.parent)
 
 
 def fsync(path: str | os.PathLike[str]) -> None:

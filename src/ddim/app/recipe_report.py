@@ -9,7 +9,7 @@ guidance sweep, with and without rescale; the over-exposed fraction against the 
 from __future__ import annotations
 
 import itertools
-import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ddim.app.digits.data import load_digits_split
 from ddim.app.digits.sample_metrics import OVEREXPOSURE_MARGIN, pixel_std
 from ddim.app.evaluation_framework import pyplot, save_figure, seed_spread, target, targets_table
 from ddim.app.recipe_evaluation import DDPM_STEPS
+from ddim.app.recipe_parts import read_part
 
 PART_FILE = "recipe_{}.json"
 PART_NAMES: tuple[str, ...] = ("sweep", "ablation", "brightness", "ddpm")
@@ -35,16 +36,13 @@ OVEREXPOSED = f"|x| > {1 + OVEREXPOSURE_MARGIN:g}"
 
 
 def read_parts(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every ``recipe_PART.json`` in ``folder``, by part name (a damaged file is a ``ValueError`` naming it)."""
+    """Every ``recipe_PART.json`` in ``folder``, by part name (a damaged file is a ``ValueError`` naming it and
+    the key: :func:`ddim.app.recipe_parts.read_part`)."""
     parts = {}
     for name in PART_NAMES:
         path = folder / PART_FILE.format(name)
-        if path.is_file():
-            try:
-                parts[name] = json.loads(path.read_text(encoding="utf-8"))
-                parts[name]["cells"][0]["per_seed"]
-            except (ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
-                raise ValueError(f"{path} is damaged: {error!r}") from None
+        if os.path.lexists(path):
+            parts[name] = read_part(path, name)  # checked against the schema in full, or PartFileError
     return parts
 
 

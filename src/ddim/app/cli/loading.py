@@ -1,23 +1,16 @@
-"""Loading the model a subcommand samples: the embedded digits models, a digits UNet file, a diffusers pipeline."""
+"""Loading the model a subcommand samples: the embedded digits models, a digits UNet file, a diffusers pipeline
+(its folder read by ``ddim.app.cli.pipeline_folder``)."""
 
 from __future__ import annotations
 
-import logging
-import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from ddim.app.cli.devices import check_device
 from ddim.app.cli.usage import UsageError
 from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.model import Model
 from ddim.scheduler import DDIMScheduler
-from ddim.validation import ARGUMENT_ERRORS
 
 
 @dataclass
@@ -47,6 +40,8 @@ def load_model(path: Path | None, device: str, conditional: bool = False) -> Loa
     if path.is_dir():
         if conditional:
             raise UsageError(f"--model {str(path)!r}: --digit needs a class-conditional digits UNet (.safetensors)")
+        from ddim.app.cli.pipeline_folder import load_diffusers_pipeline
+
         return load_diffusers_pipeline(path, torch_device)
     try:
         unet, scheduler = digits.load_model(path, device=torch_device)
@@ -54,72 +49,18 @@ def load_model(path: Path | None, device: str, conditional: bool = False) -> Loa
         raise UsageError(str(error)) from error
     if conditional and not unet.config.num_classes:
         raise UsageError(f"--model {str(path)!r} is an unconditional digits UNet; --digit needs a conditional one")
+    if conditional and unet.config.num_classes < digits.NUM_LABELS:
+        raise UsageError(
+            f"--digit takes digits 0-9 and guides them with label {digits.NULL_LABEL} (no digit), but --model "
+            f"{str(path)!r} has only {unet.config.num_classes} labels (0..{unet.config.num_classes - 1}); "
+            f"--digit needs a class-conditional digits UNet of {digits.NUM_LABELS} labels"
+        )
     if not conditional and unet.config.num_classes:
         raise UsageError(
             f"--model {str(path)!r} is a class-conditional digits UNet; sample it with `ddim sample --digit`"
         )
     kind = "class-conditional digits UNet" if conditional else "digits UNet"
     return LoadedModel(unet, scheduler, SAMPLE_SHAPE, f"{kind} {path}")
-
-
-@contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """No logging and no Python warnings inside the block: diffusers' and transformers' notices
-    (e.g. about ``accelerate``) would otherwise print before our one-line error."""
-    previous = logging.root.manager.disable
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.CRITICAL)
-        try:
-            yield
-        finally:
-            logging.disable(previous)
-
-
-def load_diffusers_pipeline(folder: Path, device: torch.device) -> LoadedModel:
-    """A diffusers pipeline folder's ``unet`` (safetensors only) with our ``DDIMScheduler`` from its config."""
-    from ddim.app.digits.model_files import check_schedule_values
-
-    unet_folder = folder / "unet"
-    name = str(folder)
-    if not (folder / "model_index.json").is_file() or not unet_folder.is_dir():
-        raise UsageError(f"--model {name!r} is a folder but not a diffusers pipeline (no model_index.json/unet)")
-    if not any(unet_folder.glob("*.safetensors")):
-        raise UsageError(
-            f"--model {name!r}: the unet has no .safetensors weights; pickle checkpoints (.bin) are refused"
-        )
-    with quiet_libraries():
-        try:
-            from diffusers import UNet2DModel
-        except ImportError as error:
-            raise UsageError(
-                "--model with a diffusers pipeline folder needs diffusers: pip install diffusers"
-            ) from error
-        try:
-            values = DDIMScheduler.load_config(folder, subfolder="scheduler")
-            check_schedule_values(values)
-            scheduler = DDIMScheduler.from_config(values)
-        except (*ARGUMENT_ERRORS, ValueError) as error:
-            raise UsageError(f"--model {name!r}: scheduler config: {error}") from error
-        try:
-            unet = UNet2DModel.from_pretrained(unet_folder, use_safetensors=True).to(device).eval()
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-            raise UsageError(f"--model {name!r} cannot be loaded: {error}") from error
-    channels, size = unet.config.in_channels, unet.config.sample_size
-    sides = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    if channels not in (1, 3) or len(sides) != 2 or not all(isinstance(n, int) and n > 0 for n in sides):
-        raise UsageError(f"--model {name!r}: a PNG needs a unet of 1 or 3 channels and a positive sample_size")
-    if scheduler.config.clip_sample and not scheduler.config.thresholding:
-        print(
-            "ddim: note: this pipeline's scheduler config has clip_sample=True; deterministic sampling with many "
-            "steps degrades under it (see docs/evaluation.md, 'The clip_sample trap')",
-            file=sys.stderr,
-        )
-
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return unet(x, t).sample
-
-    return LoadedModel(model, scheduler, (int(channels), *sides), f"diffusers pipeline {folder}")
 
 
 def configure_spacing(scheduler: DDIMScheduler, spacing: str | None) -> DDIMScheduler:

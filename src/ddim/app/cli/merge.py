@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ddim.app.cli import arguments, outputs
-from ddim.app.shards import merge_shards, verify_shards
+from ddim.app.shards import OutputExistsError, merge_shards, verify_shards
 from ddim.app.wording import counted
 
 
@@ -29,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     if not report.ok:
         print(report.describe(), file=sys.stderr)
         return 1
-    target = merge_shards(args.out_dir, args.output, overwrite=args.force)
+    try:
+        target = merge_shards(args.out_dir, args.output, overwrite=args.force)
+    except OutputExistsError:  # another merge took the file meanwhile
+        raise outputs.output_exists(args.output) from None
     print(f"wrote {target} ({counted(report.num_samples, 'sample')} from {counted(report.num_shards, 'shard')})")
     return 0

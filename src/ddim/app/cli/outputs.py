@@ -104,10 +104,16 @@ def check_output_path(path: Path) -> None:
 
 
 def check_new_output(path: Path, force: bool, option: str = "--output") -> None:
-    """:func:`check_output_path`, and ``UsageError`` when ``path`` exists unless ``force`` (``--force``) is given."""
+    """:func:`check_output_path`, and ``UsageError`` when ``path`` exists (a dangling link too) unless ``force``
+    (``--force``) is given."""
     check_output_path(path)
-    if path.exists() and not force:
-        raise UsageError(f"{option} {str(path)!r} exists; pass --force to replace it")
+    if os.path.lexists(path) and not force:
+        raise output_exists(path, option)
+
+
+def output_exists(path: Path, option: str = "--output") -> UsageError:
+    """The ``UsageError`` for an output file that exists without ``--force``."""
+    return UsageError(f"{option} {str(path)!r} exists; pass --force to replace it")
 
 
 def check_png_output(path: Path, force: bool, option: str = "--output") -> None:

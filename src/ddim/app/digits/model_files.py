@@ -10,9 +10,7 @@ Weights are only ever read with safetensors; pickle files are refused, never unp
 from __future__ import annotations
 
 import json
-import numbers
 import os
-from collections.abc import Mapping
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -21,8 +19,10 @@ from typing import Any, BinaryIO
 import torch
 
 from ddim.app.digits.unet import DigitsUNet, UNetConfig
+from ddim.config_files import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
+from ddim.file_input import UnreadableFileError, read_json_file
 from ddim.scheduler import DDIMScheduler
-from ddim.validation import ARGUMENT_ERRORS, ArgumentTypeError, ArgumentValueError, check_bool, check_int
+from ddim.validation import ARGUMENT_ERRORS, ArgumentValueError, check_bool
 
 WEIGHTS_NAME = "digits_unet.safetensors"
 CONFIG_NAME = "digits_unet.json"
@@ -30,9 +30,6 @@ CONDITIONAL_WEIGHTS_NAME = "digits_unet_conditional.safetensors"
 CONDITIONAL_CONFIG_NAME = "digits_unet_conditional.json"
 #: Largest JSON header of a safetensors file (the limit of the safetensors format itself).
 MAX_HEADER_BYTES = 100_000_000
-#: Largest ``num_train_timesteps`` of a model config: the schedule tables are a few tensors of length T,
-#: so this keeps them to a few MB (100x the usual 1000) while a hostile value cannot exhaust the memory.
-MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def weights_dir() -> Path:
@@ -128,9 +125,9 @@ def unet_from_state_dict(state: dict[str, torch.Tensor], config: UNetConfig) -> 
 def read_model_config(path: str | Path) -> dict[str, Any]:
     """The JSON config next to a weights file: ``{"unet": {...}, "scheduler": {...}, ...}``."""
     try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError) as error:
-        raise ArgumentValueError(f"model config {str(path)!r} cannot be read as JSON: {error}") from error
+        config = read_json_file(path, MAX_CONFIG_BYTES, follow_symlinks=True, max_depth=MAX_CONFIG_DEPTH)
+    except UnreadableFileError as error:
+        raise ArgumentValueError(f"model config {str(path)!r} cannot be read as JSON: {error}") from None
     if not isinstance(config, dict) or not isinstance(config.get("unet"), dict):
         raise ArgumentValueError(f"model config {str(path)!r} must be a JSON object with a 'unet' object")
     if not isinstance(config.get("scheduler", {}), dict):
@@ -147,37 +144,17 @@ def unet_config_from_dict(values: dict[str, Any]) -> UNetConfig:
     return UNetConfig(**values)
 
 
-def check_schedule_values(values: Mapping[str, Any]) -> None:
-    """Refuse the schedule values of a config file that the scheduler's constructor would accept but
-    cannot build or sample with: ``num_train_timesteps`` outside 1..MAX_TRAIN_TIMESTEPS (its tables
-    would exhaust the memory), ``steps_offset`` outside 0..T - 1, ``trained_betas`` not a list of numbers.
-
-    The constructor checks every other value (betas in (0, 1] included).
-    """
-    total = check_int("num_train_timesteps", values.get("num_train_timesteps", 1000), 1, MAX_TRAIN_TIMESTEPS)
-    check_int("steps_offset", values.get("steps_offset", 0), 0, total - 1)
-    betas = values.get("trained_betas")
-    if betas is not None and not (isinstance(betas, list) and all(is_real(b) for b in betas)):
-        raise ArgumentTypeError(f"trained_betas must be a list of numbers, got {type(betas).__name__}")
-
-
-def is_real(value: object) -> bool:
-    """Whether ``value`` is a real number (not a bool)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def scheduler_from_config(config: dict[str, Any]) -> DDIMScheduler:
     """The scheduler recommended for a model config (its ``scheduler`` entry, else ``clip_sample=False``).
 
     Unknown keys are refused (keys starting with ``_`` are metadata and ignored); values are checked
-    by :func:`check_schedule_values` and the constructor.
+    by the constructor.
     """
     values = {k: v for k, v in config.get("scheduler", {"clip_sample": False}).items() if not k.startswith("_")}
     known = DDIMScheduler.init_keys()
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ArgumentValueError(f"unknown scheduler config keys {unknown}; allowed keys are {sorted(known)}")
-    check_schedule_values(values)
     return DDIMScheduler(**values)
 
 

@@ -21,12 +21,13 @@ from ddim.app.shards.generation import FixedBatchModel, GenerationSummary, gener
 from ddim.app.shards.layout import ShardError, rank_shards, record_file, shard_file, shard_ranges
 from ddim.app.shards.lock import DirectoryInUseError
 from ddim.app.shards.processes import ProcessGroup, rank_device
-from ddim.app.shards.verify import VerifyReport, load_samples, merge_shards, verify_shards
+from ddim.app.shards.verify import OutputExistsError, VerifyReport, load_samples, merge_shards, verify_shards
 
 __all__ = [
     "DirectoryInUseError",
     "FixedBatchModel",
     "GenerationSummary",
+    "OutputExistsError",
     "ProcessGroup",
     "ShardError",
     "VerifyReport",

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,15 @@ from ddim.app.shards.layout import (
     IMAGES_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_RECORD_BYTES,
     ShardError,
     parse_shard_name,
     shard_file,
     shard_ranges,
 )
 from ddim.app.shards.schema import check_manifest, record_problem
+from ddim.file_input import UnreadableFileError, file_kind, open_regular_file, read_descriptor, read_json_file
 
 #: Write errors that are the environment's, not a bug: reported as one line (:func:`write_file`).
 WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -43,10 +47,31 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def read_npz(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` held in ``data`` (never unpickles)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    """The arrays of an uncompressed ``.npz`` held in ``data`` (never unpickles, never allocates beyond ``data``).
+
+    ``ValueError`` for a member that is compressed, a ``.npy`` header that is not a plain array, or one that
+    declares more bytes than the member holds (a tampered header would otherwise allocate its shape).
+    """
+    arrays = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename!r} is not an uncompressed .npy array")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = _HEADER_READERS.get(version)
+                if read_header is None:
+                    raise ValueError(f"member {info.filename!r} is a .npy of version {version}, not 1.0 or 2.0")
+                shape, _, dtype = read_header(member)
+                if dtype.hasobject or int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                    raise ValueError(f"member {info.filename!r} declares {shape} {dtype}, more than it holds")
+            with archive.open(info) as member:
+                arrays[info.filename.removesuffix(".npy")] = np.lib.format.read_array(member, allow_pickle=False)
+    return arrays
 
 
 def sha256_hex(data: bytes) -> str:
@@ -83,13 +108,33 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ShardError(f"{str(out_dir)!r} does not exist")
     if not Path(out_dir).is_dir():
         raise ShardError(f"{str(out_dir)!r} is not a directory")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ShardError(f"{str(out_dir)!r} has no {MANIFEST_NAME}: it is not a ddim shard directory")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ShardError(f"{path} cannot be read as JSON: {error}") from error
+        manifest = read_json_file(path, MAX_MANIFEST_BYTES)
+    except UnreadableFileError as error:
+        raise ShardError(f"{path} cannot be read as JSON: {error}") from None
     return check_manifest(manifest, path)
+
+
+def non_regular_kind(path: Path) -> str | None:
+    """``"a FIFO (named pipe)"``, ``"a symbolic link"``, ... when ``path`` exists and is not a regular file, else None
+    (never follows a link, never opens the file)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    return None if stat.S_ISREG(mode) else file_kind(mode)
+
+
+def read_shard(path: Path, expected_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` if it holds exactly ``expected_bytes`` (read no further);
+    :class:`UnreadableFileError` otherwise."""
+    with open_regular_file(path) as descriptor:
+        size = os.fstat(descriptor).st_size
+        if size != expected_bytes:
+            raise UnreadableFileError(f"checksum mismatch ({size} bytes on disk, {expected_bytes} recorded)")
+        return read_descriptor(descriptor, expected_bytes, path)
 
 
 def shard_records(out_dir: Path, manifest: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -107,11 +152,13 @@ def shard_records(out_dir: Path, manifest: dict[str, Any]) -> dict[int, dict[str
             continue
         shard_id = parsed[0]
         try:
-            record = json.loads((out_dir / name).read_text())
-            data = (out_dir / shard_file(shard_id)).read_bytes()
-        except (OSError, ValueError):
+            record = read_json_file(out_dir / name, MAX_RECORD_BYTES)
+            if record_problem(record, shard_id, spans[shard_id]) is not None:
+                continue
+            data = read_shard(out_dir / shard_file(shard_id), record["bytes"])
+        except UnreadableFileError:
             continue  # a half-written record cannot exist (atomic writes): not ours, or its shard is gone
-        if record_problem(record, shard_id, spans[shard_id]) is None and checksum_matches(data, record):
+        if checksum_matches(data, record):
             records[shard_id] = record
     return records
 
@@ -131,13 +178,17 @@ def inspect_shard(
     """
     span = shard_ranges(config["num_samples"], config["shard_size"])[shard_id]
     path = out_dir / shard_file(shard_id)
-    if path.is_dir():
-        return "is a folder, not a shard file", None
-    if not path.is_file():
+    kind = non_regular_kind(path)
+    if kind is not None:
+        return f"is {kind}, not a shard file", None
+    if not path.exists():
         return "missing", None
     if record is None:
         return "no checksum recorded (the run writing it did not finish it)", None
-    data = path.read_bytes()
+    try:
+        data = read_shard(path, record["bytes"])
+    except UnreadableFileError as error:
+        return str(error), None
     if not checksum_matches(data, record):
         return f"checksum mismatch ({len(data)} bytes on disk, {record.get('bytes')} recorded)", None
     try:
@@ -164,7 +215,9 @@ def stray_files(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
     stray = []
     for name in sorted(os.listdir(out_dir)):
         parsed = parse_shard_name(name)
-        if name in (MANIFEST_NAME, LOCK_NAME) or (name == IMAGES_NAME and (out_dir / name).is_dir()):
+        if name == MANIFEST_NAME or (name == LOCK_NAME and non_regular_kind(out_dir / name) is None):
+            continue
+        if name == IMAGES_NAME and non_regular_kind(out_dir / name) == "a folder":
             continue
         if (
             parsed is not None

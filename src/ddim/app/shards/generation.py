@@ -28,7 +28,7 @@ import torch.distributed as dist
 from ddim.app.images import png_bytes, to_uint8
 from ddim.app.seeding import sample_generators, sample_seeds
 from ddim.app.shards.files import json_bytes, npz_bytes, sha256_hex, write_file, writing
-from ddim.app.shards.layout import SAMPLE_DTYPES, rank_shards, record_file, shard_file, shard_ranges
+from ddim.app.shards.layout import SAMPLE_DTYPES, rank_shards, record_file, shard_count, shard_file, shard_ranges
 from ddim.app.shards.lock import JobLock, watch_lock
 from ddim.app.shards.manifest import finalize_manifest, model_description, prepare_directory, run_identity
 from ddim.app.shards.processes import (
@@ -140,6 +140,7 @@ def generate_shards(
     micro_batch = check_int("micro_batch", micro_batch, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     shard_size = check_int("shard_size", shard_size, minimum=1)
+    shard_count(num_samples, shard_size)  # at most MAX_SHARDS
     shape = tuple(check_int("sample_shape", d, minimum=1) for d in sample_shape)
     if not shape:
         raise ArgumentValueError("sample_shape=() must hold at least one dimension (the shape of one sample)")

@@ -16,16 +16,37 @@ LOCK_NAME = ".lock"
 IMAGES_NAME = "images"
 FORMAT = "ddim-shards/1"
 SAMPLE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Most shards of one directory: its manifest (about 250 bytes per shard) stays within :data:`MAX_MANIFEST_BYTES`,
+#: and a layout read from a tampered manifest costs at most this many checks.
+MAX_SHARDS = 100_000
+#: Largest manifest and largest shard record (or lock file) read, in bytes.
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_RECORD_BYTES = 1 << 16
 
 
 class ShardError(ArgumentValueError):
     """A shard directory that cannot be used as it is: shards missing or corrupt, a damaged manifest, a busy lock."""
 
 
-def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of every shard: shard s holds ``[s * shard_size, min((s + 1) * shard_size, N))``."""
+def shard_count(num_samples: int, shard_size: int) -> int:
+    """``ceil(num_samples / shard_size)``, after checking it is at most :data:`MAX_SHARDS`."""
     check_int("num_samples", num_samples, minimum=1)
     check_int("shard_size", shard_size, minimum=1)
+    count = -(-num_samples // shard_size)
+    if count > MAX_SHARDS:
+        raise ArgumentValueError(
+            f"num_samples={num_samples} with shard_size={shard_size} makes {count} shards; at most {MAX_SHARDS} "
+            f"are allowed: use shard_size >= {-(-num_samples // MAX_SHARDS)}"
+        )
+    return count
+
+
+def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of every shard: shard s holds ``[s * shard_size, min((s + 1) * shard_size, N))``.
+
+    At most :data:`MAX_SHARDS` shards (:func:`shard_count`).
+    """
+    shard_count(num_samples, shard_size)
     return [(start, min(start + shard_size, num_samples)) for start in range(0, num_samples, shard_size)]
 
 

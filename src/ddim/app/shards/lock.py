@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ddim.app.shards.layout import LOCK_NAME, ShardError
+from ddim.app.shards.layout import LOCK_NAME, MAX_RECORD_BYTES, ShardError
+from ddim.file_input import UnreadableFileError, file_kind, open_regular_file, read_regular_file
 
 try:
     import fcntl
@@ -77,7 +78,7 @@ def acquire_lock(out_dir: Path, log: Callable[[str], None] | None = None) -> Job
         except FileExistsError:
             stale = _take_stale(path)
             if stale is not None and log is not None:
-                log(f"note: the lock of {out_dir} ({owner_text(stale)}) is stale, its process is gone: taking it over")
+                log(f"note: the lock of {out_dir} ({owner_text(stale[0])}) is stale, {stale[1]}: taking it over")
             continue
         try:
             if fcntl is not None:  # before the owner is written (see _take_stale); others hold it for an instant only
@@ -95,9 +96,9 @@ def acquire_lock(out_dir: Path, log: Callable[[str], None] | None = None) -> Job
 def read_owner(out_dir: Path) -> dict[str, Any] | None:
     """The owner written in ``out_dir``'s lock file, or None without a readable one."""
     try:
-        return _parse_owner((out_dir / LOCK_NAME).read_bytes())
-    except OSError:
-        return None
+        return _parse_owner(read_regular_file(out_dir / LOCK_NAME, MAX_RECORD_BYTES))
+    except UnreadableFileError:
+        return None  # missing, not a regular file (never opened), or too large
 
 
 def _parse_owner(data: bytes) -> dict[str, Any] | None:
@@ -147,33 +148,46 @@ def watch_lock(out_dir: Path, owner: dict[str, Any], grace_seconds: float = LOCK
     return check
 
 
-def _take_stale(path: Path) -> dict[str, Any] | None:
-    """Remove the lock file at ``path`` if its owner no longer runs and return that owner; else refuse."""
+def _take_stale(path: Path) -> tuple[dict[str, Any], str] | None:
+    """Remove the lock file at ``path`` if its owner no longer runs and return that owner and why it is judged
+    stale; None when the file went away meanwhile; else refuse (a FIFO, a link or a device is never opened)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None  # released meanwhile: try again
-    try:
-        free = _try_flock(descriptor)
-        owner = _parse_owner(os.pread(descriptor, 1 << 16, 0))
-        if owner is None:
-            if free is False or time.time() - os.fstat(descriptor).st_mtime < STARTING_SECONDS:
-                raise DirectoryInUseError(f"{path.parent} is in use by a job that is starting now")
-            raise DirectoryInUseError(
-                f"{path.parent} is locked by {path}, which cannot be read; if no job is writing {path.parent}, "
-                "remove that file"
-            )
-        busy = describe_owner(path.parent, owner)
-        if owner.get("host") != socket.gethostname():
-            raise DirectoryInUseError(f"{busy}; wait for that job to end (if it has died, remove {path})")
-        if free is False or (free is None and _pid_alive(owner.get("pid"))):
-            raise DirectoryInUseError(f"{busy}; wait for that job to end, or stop it")
-        if not _same_file(path, descriptor):
-            return None  # replaced meanwhile: try again
-        path.unlink()  # under our flock of the stale file: nobody else can be taking it over
-        return owner
-    finally:
-        os.close(descriptor)
+        with open_regular_file(path) as descriptor:
+            return _take_stale_open(path, descriptor)
+    except UnreadableFileError as error:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return None  # released meanwhile: try again
+        what = file_kind(mode)
+        why = str(error) if what == "a regular file" else f"{path} is {what}, not a lock file of this tool"
+        raise ShardError(
+            f"{path.parent} cannot be locked: {why}; if no job is writing {path.parent}, remove it"
+        ) from None
+
+
+def _take_stale_open(path: Path, descriptor: int) -> tuple[dict[str, Any], str] | None:
+    """:func:`_take_stale` with the lock file open as ``descriptor``."""
+    free = _try_flock(descriptor)
+    owner = _parse_owner(os.pread(descriptor, 1 << 16, 0))
+    if owner is None:
+        if free is False or time.time() - os.fstat(descriptor).st_mtime < STARTING_SECONDS:
+            raise DirectoryInUseError(f"{path.parent} is in use by a job that is starting now")
+        raise DirectoryInUseError(
+            f"{path.parent} is locked by {path}, which cannot be read; if no job is writing {path.parent}, "
+            "remove that file"
+        )
+    busy = describe_owner(path.parent, owner)
+    if owner.get("host") != socket.gethostname():
+        raise DirectoryInUseError(f"{busy}; wait for that job to end (if it has died, remove {path})")
+    alive = _pid_alive(owner.get("pid"))
+    if free is False or (free is None and alive):
+        raise DirectoryInUseError(f"{busy}; wait for that job to end, or stop it")
+    if not _same_file(path, descriptor):
+        return None  # replaced meanwhile: try again
+    path.unlink()  # under our flock of the stale file: nobody else can be taking it over
+    why = "no process holds it (its pid runs, but does not hold the lock)" if alive else "its process is gone"
+    return owner, why
 
 
 def _try_flock(descriptor: int) -> bool | None:

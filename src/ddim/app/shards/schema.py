@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ddim.app.seeding import SEED_LIMIT, SEED_RULE
-from ddim.app.shards.layout import FORMAT, ShardError, shard_file, shard_ranges
+from ddim.app.shards.layout import FORMAT, MAX_SHARDS, ShardError, shard_file, shard_ranges
 from ddim.validation import is_int
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -61,6 +61,13 @@ def check_manifest(manifest: object, path: Path) -> dict[str, Any]:
         raise damaged("config.sample_shape", f"={shape!r} is not a list of sizes >= 1")
     if config.get("seed_rule") != SEED_RULE:
         raise damaged("config.seed_rule", f"={config.get('seed_rule')!r} is not this version's rule {SEED_RULE!r}")
+    count = -(-config["num_samples"] // config["shard_size"])
+    if count > MAX_SHARDS:
+        raise damaged(
+            "config",
+            f"num_samples={config['num_samples']} with shard_size={config['shard_size']} makes {count} shards; "
+            f"at most {MAX_SHARDS} are allowed",
+        )
     spans = shard_ranges(config["num_samples"], config["shard_size"])
     shards = manifest.get("shards")
     if not isinstance(shards, dict):

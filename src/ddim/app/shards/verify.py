@@ -8,11 +8,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ddim.app.atomic import TEMP_SUFFIX
-from ddim.app.shards.files import inspect_shard, npz_bytes, read_manifest, shard_records, stray_files, write_file
+from ddim.app.atomic import TEMP_SUFFIX, write_bytes_exclusively
+from ddim.app.shards.files import (
+    inspect_shard,
+    npz_bytes,
+    read_manifest,
+    shard_records,
+    stray_files,
+    write_file,
+    writing,
+)
 from ddim.app.shards.layout import ShardError, parse_shard_name, shard_file, shard_ranges
 from ddim.app.shards.lock import describe_owner, read_owner
 from ddim.app.wording import counted
+
+
+class OutputExistsError(ShardError):
+    """The file a merge would write exists (and replacing it was not asked for)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{str(path)!r} exists; pass overwrite=True to replace it")
+        self.path = path
 
 
 @dataclass
@@ -39,7 +55,7 @@ class VerifyReport:
         if self.in_use is not None:
             lines.append(f"note: {self.in_use} (its lock file is there): the directory may be changing")
         if self.missing:
-            lines.append(f"missing shards: {', '.join(shard_file(s) for s in self.missing)}")
+            lines.append(f"missing shards: {shard_list(self.missing)}")
         lines.extend(f"corrupt shard {shard_file(s)}: {why}" for s, why in sorted(self.corrupt.items()))
         if self.stray:
             lines.append(f"stray files, not part of the run: {', '.join(self.stray)}")
@@ -51,6 +67,24 @@ class VerifyReport:
             hints.append(f"move {', '.join(foreign)} out of the directory")
         lines.append("OK" if self.ok else f"FAILED: {'; '.join(hints)}")
         return "\n".join(lines)
+
+
+def shard_list(shard_ids: list[int]) -> str:
+    """Shard file names, runs of consecutive shards as ``shard-00003.npz..shard-00090.npz (88)``."""
+    runs: list[list[int]] = []
+    for shard_id in shard_ids:
+        if runs and shard_id == runs[-1][1] + 1:
+            runs[-1][1] = shard_id
+        else:
+            runs.append([shard_id, shard_id])
+    return ", ".join(
+        shard_file(a)
+        if a == b
+        else f"{shard_file(a)}..{shard_file(b)} ({b - a + 1})"
+        if b > a + 1
+        else f"{shard_file(a)}, {shard_file(b)}"
+        for a, b in runs
+    )
 
 
 def _inspect(directory: Path, keep: bool) -> tuple[VerifyReport, dict[int, dict[str, np.ndarray]]]:
@@ -106,15 +140,24 @@ def load_samples(out_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 def merge_shards(out_dir: str | os.PathLike[str], output: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Verify ``out_dir`` and write all its samples, in index order, to one ``.npz`` at ``output`` (atomic).
 
-    ``ShardError`` when ``output`` exists (unless ``overwrite``), its folder does not, or it cannot be
-    written (nothing partial is left), and as :func:`load_samples`.
+    :class:`OutputExistsError` when ``output`` exists (unless ``overwrite``; the file is taken atomically, so
+    of two concurrent merges to one new file exactly one writes it), ``ShardError`` when its folder does not
+    exist or cannot be written (nothing partial is left), and as :func:`load_samples`.
     """
     target = Path(output)
     if target.is_dir():
         raise ShardError(f"{str(target)!r} is a folder; give the name of the .npz file to write")
-    if target.exists() and not overwrite:
-        raise ShardError(f"{str(target)!r} exists; pass overwrite=True to replace it")
+    if os.path.lexists(target) and not overwrite:
+        raise OutputExistsError(target)
     if not target.parent.is_dir():
         raise ShardError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
-    write_file(target, npz_bytes(load_samples(out_dir)))
+    data = npz_bytes(load_samples(out_dir))
+    if overwrite:
+        write_file(target, data)
+        return target
+    try:
+        with writing(target):
+            write_bytes_exclusively(target, data)
+    except FileExistsError:
+        raise OutputExistsError(target) from None
     return target
