@@ -160,7 +160,9 @@ def test_a_shard_just_past_the_layout_is_stray(
     """Shard 3 and its record, the first index beyond the 3 shards of the run: stray, and removed by a resume."""
     out = copy_of(untouched, tmp_path)
     shutil.copyfile(out / shard_file(2), out / shard_file(3))
-    (out / record_file(3)).write_text(json.dumps({**bless(out, 2), "shard": 3, "file": shard_file(3), "start": 24, "stop": 28}))
+    (out / record_file(3)).write_text(
+        json.dumps({**bless(out, 2), "shard": 3, "file": shard_file(3), "start": 24, "stop": 28})
+    )
     report = assert_refused_by_verify_and_merge(out, capsys, tmp_path)
     assert "stray files, not part of the run: shard-00003.json, shard-00003.npz" in report
     assert verify_shards(out).complete == [0, 1, 2]
