@@ -111,4 +111,6 @@ def test_reloaded_schedulers_step_as_diffusers_built_from_the_config(family: str
         assert len(got) == len(expected), route
         torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0, msg=f"{route}: timesteps")
         for value, reference in zip(got[1:], expected[1:], strict=True):
-            torch.testing.assert_close(value, reference, rtol=1e-5, atol=1e-5, msg=lambda text: f"{route}: {text}")
+            torch.testing.assert_close(
+                value, reference, rtol=1e-5, atol=1e-5, msg=lambda text, where=route: f"{where}: {text}"
+            )
