@@ -32,7 +32,9 @@ def ddim_transfer(z: torch.Tensor, eps: torch.Tensor, abar: float, abar_to: floa
     return math.sqrt(abar_to) * x0 + math.sqrt(1 - abar_to) * eps
 
 
-def paper_step(eps: Eps, x: torch.Tensor, y: torch.Tensor, t: int, abar: float, abar_to: float, p: float):
+def paper_step(
+    eps: Eps, x: torch.Tensor, y: torch.Tensor, t: int, abar: float, abar_to: float, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     x_inter = ddim_transfer(x, eps(y, t), abar, abar_to)
     y_inter = ddim_transfer(y, eps(x_inter, t), abar, abar_to)
     x_new = p * x_inter + (1 - p) * y_inter
@@ -40,7 +42,9 @@ def paper_step(eps: Eps, x: torch.Tensor, y: torch.Tensor, t: int, abar: float, 
     return x_new, y_new
 
 
-def paper_inverse_step(eps: Eps, x: torch.Tensor, y: torch.Tensor, t: int, abar: float, abar_to: float, p: float):
+def paper_inverse_step(
+    eps: Eps, x: torch.Tensor, y: torch.Tensor, t: int, abar: float, abar_to: float, p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The lines of :func:`paper_step` solved for their inputs, last line first (the paper's inversion)."""
     y_inter = (y - (1 - p) * x) / p
     x_inter = (x - (1 - p) * y_inter) / p
