@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 
-REFERENCE = ("tests/library/test_diffusers_reference.py",)
+#: The step against diffusers over the config space, and against the paper-form step (hypothesis).
+REFERENCE = ("tests/library/test_differential.py", "tests/library/test_properties.py", "-k", "diffusers or paper")
 LOGPROB = ("tests/library/test_logprob.py", "tests/library/test_logprob_drawn_gradient.py")
 EXACT = ("tests/library/test_edict_update.py", "tests/library/test_exact_inversion.py", "-m", "not slow")
 SHARD_FAULTS = ("tests/app/test_shard_faults.py",)
