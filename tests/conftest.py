@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 
@@ -23,3 +24,40 @@ def make_tiny_unet() -> Any:
         up_block_types=("UpBlock2D", "UpBlock2D"),
     )
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- fault tests and skip reasons
+#: Skip reasons that only say the machine has no GPU (CI has none): every other skip is listed at the end.
+NO_GPU_WORDS = ("CUDA", "GPU")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fault: an environment fault (a full disk, a read-only or unwritable target) the CLI must survive"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line on how many fault tests ran and were skipped, and every skip whose reason is not "no GPU"."""
+    reports = [r for key in ("passed", "failed", "skipped") for r in terminalreporter.stats.get(key, [])]
+    reports = [r for r in reports if getattr(r, "when", "collect") in ("collect", "setup", "call")]
+    faults = [r for r in reports if "fault" in getattr(r, "keywords", {}) and (r.when == "call" or r.skipped)]
+    other_skips = [
+        (r.nodeid, skip_reason(r))
+        for r in reports
+        if r.skipped and not any(word in skip_reason(r) for word in NO_GPU_WORDS)
+    ]
+    if not faults and not other_skips:
+        return
+    ran = sum(1 for r in faults if not r.skipped)
+    terminalreporter.write_line(
+        f"fault tests: {ran} ran, {len(faults) - ran} skipped; "
+        f"skipped for a reason other than no GPU: {len(other_skips)}"
+    )
+    for nodeid, reason in other_skips:
+        terminalreporter.write_line(f"  skipped {nodeid}: {reason}")
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from unwritable import unwritable_folder
 
 from ddim.app.cli import main
 from ddim.app.digits import DigitsUNet, UNetConfig
@@ -82,6 +83,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.fault
 @pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(RUNS))
 def test_a_full_disk_is_a_one_line_error_and_leaves_nothing(command: str, tmp_path: Path) -> None:
@@ -101,6 +103,7 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_nothing(command: str, tmp_pa
     assert everything_under(out) == []
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("command", ["eval", "train"])
 def test_a_write_failing_midway_leaves_none_of_the_files(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -124,16 +127,10 @@ def test_a_write_failing_midway_leaves_none_of_the_files(
     assert everything_under(out) == ["table1.md"] and (out / "table1.md").read_text() == "an earlier run"
 
 
-def test_a_read_only_folder_is_refused_before_the_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("this user can write to read-only folders (root)")
+@pytest.mark.fault
+def test_a_read_only_folder_is_refused_before_the_work(capsys: pytest.CaptureFixture[str]) -> None:
+    with unwritable_folder() as folder:
         for command in RUNS:
             code, err = cli(argv_for(command, folder), capsys)
-            assert code == 2 and len(err.splitlines()) == 1 and "is not writable" in err
-    finally:
-        folder.chmod(0o700)
-    assert everything_under(folder) == []
+            assert code == 2 and len(err.splitlines()) == 1 and "is not writable" in err, err
+        assert everything_under(folder) == []

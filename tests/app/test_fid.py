@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +30,30 @@ def test_frechet_distance_of_diagonal_gaussians() -> None:
     a = stats([0.0, 0.0, 1.0], np.diag([1.0, 4.0, 0.25]))
     b = stats([0.0, 3.0, 1.0], np.diag([9.0, 4.0, 1.0]))
     assert frechet_distance(a, b) == pytest.approx(9.0 + (1 - 3) ** 2 + 0 + (0.5 - 1) ** 2)
+
+
+def test_frechet_distance_of_non_commuting_two_dimensional_gaussians() -> None:
+    """For 2 x 2 covariances, tr sqrt(S_a S_b) = sqrt(tr(S_a S_b) + 2 sqrt(det S_a det S_b)) (the square roots of
+    its two eigenvalues, summed). S_a = [[2, 1], [1, 2]] and S_b = diag(1, 4) do not commute: tr(S_a S_b) = 10."""
+    a = stats([1.0, 0.0], np.array([[2.0, 1.0], [1.0, 2.0]]))
+    b = stats([0.0, 2.0], np.diag([1.0, 4.0]))
+    cross = math.sqrt(10.0 + 2.0 * math.sqrt(3.0 * 4.0))
+    assert frechet_distance(a, b) == pytest.approx(5.0 + 4.0 + 5.0 - 2.0 * cross, rel=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 2**31 - 1))
+def test_frechet_distance_of_full_covariances_matches_scipys_square_root(dim: int, seed: int) -> None:
+    """Random full (non-commuting) covariances against tr sqrtm(S_a S_b) from scipy (a dependency of scikit-learn)."""
+    rng = np.random.default_rng(seed)
+    m1, m2 = rng.normal(size=(dim, dim)), rng.normal(size=(dim, dim))
+    a = stats(list(rng.normal(size=dim)), m1 @ m1.T + 0.1 * np.eye(dim))
+    b = stats(list(rng.normal(size=dim)), m2 @ m2.T + 0.1 * np.eye(dim))
+    assert np.abs(a.covariance @ b.covariance - b.covariance @ a.covariance).max() > 1e-3
+    cross = np.trace(scipy.linalg.sqrtm(a.covariance @ b.covariance)).real
+    difference = a.mean - b.mean
+    expected = difference @ difference + np.trace(a.covariance) + np.trace(b.covariance) - 2 * cross
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-7, abs=1e-7)
 
 
 @settings(max_examples=30, deadline=None)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from test_shards import file_digests, run, shard_digests
@@ -131,6 +132,43 @@ def test_a_shard_holding_another_range_is_found(untouched: Path, tmp_path: Path)
     shutil.copyfile(out / shard_file(0), out / shard_file(1))
     edit_manifest(out, lambda manifest: manifest["shards"].update({"1": bless(out, 1)}))
     assert "does not hold the indices [8, 16)" in verify_shards(out).corrupt[1]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 4, 16), (8, 1, 8, 7), (8, 8, 8)], ids=["same-size", "smaller", "fewer-dims"])
+def test_a_shard_whose_samples_have_another_shape_is_found_and_redone(
+    untouched: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], shape: tuple[int, ...]
+) -> None:
+    """Right indices and seeds, checksum recorded, samples of the wrong shape: refused, and a resume redoes it."""
+    out = copy_of(untouched, tmp_path)
+    with np.load(out / shard_file(1), allow_pickle=False) as shard:
+        arrays = {name: shard[name] for name in shard.files}
+    size = int(np.prod(shape))
+    arrays["samples"] = arrays["samples"].reshape(-1)[:size].reshape(shape)
+    with (out / shard_file(1)).open("wb") as handle:
+        np.savez(handle, **arrays)
+    edit_manifest(out, lambda manifest: manifest["shards"].update({"1": bless(out, 1)}))
+    report = assert_refused_by_verify_and_merge(out, capsys, tmp_path)
+    assert "corrupt shard shard-00001.npz: samples missing or not of shape (8, 1, 8, 8)" in report
+    summary = run(out)
+    assert (summary.generated, summary.skipped) == (8, 12)
+    assert shard_digests(out) == shard_digests(untouched) and verify_shards(out).ok
+
+
+def test_a_shard_just_past_the_layout_is_stray(
+    untouched: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Shard 3 and its record, the first index beyond the 3 shards of the run: stray, and removed by a resume."""
+    out = copy_of(untouched, tmp_path)
+    shutil.copyfile(out / shard_file(2), out / shard_file(3))
+    (out / record_file(3)).write_text(
+        json.dumps({**bless(out, 2), "shard": 3, "file": shard_file(3), "start": 24, "stop": 28})
+    )
+    report = assert_refused_by_verify_and_merge(out, capsys, tmp_path)
+    assert "stray files, not part of the run: shard-00003.json, shard-00003.npz" in report
+    assert verify_shards(out).complete == [0, 1, 2]
+    assert run(out).generated == 0
+    assert not (out / shard_file(3)).exists() and not (out / record_file(3)).exists()
+    assert verify_shards(out).ok
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,17 @@ from typing import Any
 
 import pytest
 from test_shards import shard_digests
+from unwritable import unwritable_folder
 
 from ddim.app.cli import main
 from ddim.app.shards import verify_shards
 from ddim.app.shards.files import json_bytes
 from ddim.app.shards.layout import LOCK_NAME, MANIFEST_NAME, shard_file
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="resource limits and mounts as on Linux")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="resource limits and mounts as on Linux"),
+    pytest.mark.fault,
+]
 
 #: `ddim sample` arguments: big shards (64 samples, ~17 kB) next to a small manifest (~2 kB)...
 BIG_SHARDS = ["sample", "-n", "128", "--shard-size", "64", "--micro-batch", "4", "--steps", "2", "--no-progress"]
@@ -161,16 +165,21 @@ def in_mount_namespace(tmp_path: Path, mount_options: str, command: list[str]) -
         'mount -t tmpfs -o "$1" tmpfs "$0" || exit 99; shift; '
         '"$@" 2> "$0/../stderr"; echo $? > "$0/../rc"; cp -a "$0" "$0/../copy"'
     )
-    done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script, str(mount), mount_options, *command],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    if done.returncode != 0 or not (tmp_path / "rc").exists():
-        pytest.skip(f"cannot mount a tmpfs in a private mount namespace: {done.stderr.strip()[:200]}")
-    return int((tmp_path / "rc").read_text()), (tmp_path / "stderr").read_text(), copy
+    # a user namespace (-r) where unprivileged ones are allowed; else root's own mount namespace (CAP_SYS_ADMIN)
+    tries = [["unshare", "-rm"], *([["unshare", "-m"]] if os.geteuid() == 0 else [])]
+    failures = []
+    for unshare in tries:
+        done = subprocess.run(
+            [*unshare, "sh", "-c", script, str(mount), mount_options, *command],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        if done.returncode == 0 and (tmp_path / "rc").exists():
+            return int((tmp_path / "rc").read_text()), (tmp_path / "stderr").read_text(), copy
+        failures.append(f"{' '.join(unshare)}: {done.stderr.strip()[:150] or f'exit {done.returncode}'}")
+    pytest.skip(f"cannot mount a tmpfs in a private mount namespace ({'; '.join(failures)})")
 
 
 def test_a_full_tmpfs_is_one_line_and_the_resume_is_identical(tmp_path: Path) -> None:
@@ -195,3 +204,42 @@ def test_a_merge_onto_a_read_only_mount_is_one_line_and_leaves_nothing(tmp_path:
     assert line.startswith("ddim merge: error: cannot write ") and str(target) in line
     assert line.endswith(("Read-only file system", "is not writable"))
     assert os.listdir(copy) == []
+
+
+# --------------------------------------------------------------------------- unwritable targets, also as root
+def test_a_merge_into_an_unwritable_folder_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = reference(tmp_path, SMALL_SHARDS)
+    with unwritable_folder() as folder:
+        capsys.readouterr()
+        assert main(["merge", str(original), "-o", str(folder / "all.npz")]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("ddim merge: error: cannot write ") and str(folder / "all.npz") in line
+        assert line.endswith(("is not writable", "Permission denied")) and os.listdir(folder) == []
+
+
+def test_a_run_into_an_unwritable_folder_is_one_line_and_leaves_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with unwritable_folder() as folder:
+        capsys.readouterr()
+        assert main([*SMALL_SHARDS, "--out-dir", str(folder / "run")]) == 2
+        assert capsys.readouterr().err == (
+            f"ddim sample: error: {str(folder / 'run')!r} cannot be written: Permission denied\n"
+        )
+        assert os.listdir(folder) == []
+
+
+def test_a_run_below_a_file_is_one_line_and_leaves_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder replaced by a file (ENOTDIR): root cannot write through it either."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"mine")
+    capsys.readouterr()
+    assert main([*SMALL_SHARDS, "--out-dir", str(blocker / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"ddim sample: error: {str(blocker / 'run')!r} cannot be written: Not a directory\n"
+    )
+    assert main(["merge", str(blocker), "-o", str(tmp_path / "all.npz")]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert main(["merge", str(reference(tmp_path, SMALL_SHARDS)), "-o", str(blocker / "all.npz")]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert blocker.read_bytes() == b"mine" and sorted(os.listdir(tmp_path)) == ["not-a-folder", "reference"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unwritable import unwritable_folder
 
 from ddim import DDIMScheduler
 from ddim.app.digits import SAMPLE_SHAPE
@@ -323,6 +324,7 @@ def test_foreign_non_empty_directory_is_refused_and_left_untouched(tmp_path: Pat
     assert file_digests(out) == {"holiday.npz": hashlib.sha256(b"precious").hexdigest()}
 
 
+@pytest.mark.fault
 def test_unwritable_output_directory_is_refused(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"x")
@@ -333,16 +335,13 @@ def test_unwritable_output_directory_is_refused(tmp_path: Path) -> None:
     assert blocker.read_bytes() == b"x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_directory_is_refused(tmp_path: Path) -> None:
-    out = tmp_path / "ro"
-    out.mkdir()
-    out.chmod(0o500)
-    try:
-        with pytest.raises(ValueError, match="cannot be written"):
-            run(out)
-    finally:
-        out.chmod(0o700)
+@pytest.mark.fault
+def test_read_only_directory_is_refused() -> None:
+    model = make_model()
+    with unwritable_folder() as out:
+        with pytest.raises(ValueError, match="cannot be written: Permission denied"):
+            run(out, model=model)
+        assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize(
