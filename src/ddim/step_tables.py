@@ -49,6 +49,9 @@ class StepTables:
     timesteps: torch.Tensor
     _prev_timesteps: torch.Tensor
     _tables: dict[tuple[Any, ...], Any]
+    #: Where eta > 0 noise comes from: "torch" (drawn as diffusers draws it) or "kernel" (drawn inside
+    #: the fused kernel from per-step seeds; see ddim.kernels.kernel_noise).
+    noise_source: str = "torch"
 
     def step_pairs(self, prev_timesteps: torch.Tensor) -> torch.Tensor:
         """Float64 (T + 2, 2) table of (abar_from, abar_to) per timestep: here (abar_t, abar_prev(t))."""
@@ -126,6 +129,14 @@ class StepTables:
         """``(x_to, x0)`` of one step at ``timestep`` (inputs already checked by the caller, except the noise);
         ``pairs`` names the table of alpha pairs that :meth:`install_grid` stored (``"pairs"``: the step's)."""
         transform = self._x0_transform()
+        if eta > 0 and variance_noise is None and self.noise_source != "torch":
+            from ddim.kernels.kernel_noise import kernel_noise_update
+
+            coefficients, _ = self._coefficients(timestep, sample, eta, use_clipped_model_output, transform, pairs)
+            per_element = isinstance(timestep, torch.Tensor) and timestep.ndim > 1
+            return kernel_noise_update(
+                self.noise_source, sample, model_output, per_element, coefficients, transform, generator
+            )
         noise = None
         if eta > 0:
             if generator is not None and variance_noise is not None:

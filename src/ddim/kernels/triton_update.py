@@ -6,11 +6,16 @@ Per element, in float32 (DDIM paper, eqs. 9, 12 and 16 folded as in :mod:`ddim.c
     x_prev = PREV_X0 x0 + PREV_X x + PREV_M m + STD z
 
 One read of x_t, the model output and (eta > 0) the noise, one write of x_prev and x0, in the input
-dtype. The coefficients come from kernel arguments (host timestep), from (b, 6) rows, or from the
-device table indexed by a device timestep inside the kernel (clamped to [-1, T] and wrapped onto
-the NaN rows, as :class:`ddim.update.CoefficientGather` does), so a step is one launch and no sync.
-The grid is (blocks per row, rows): rows are batch rows when coefficients or threshold scales differ
+dtype. With per-step seeds instead of a noise tensor the noise z is drawn inside the kernel
+(``tl.randn``: Philox4x32-10 keyed by the seed, the element index as counter, Box-Muller), so an
+eta > 0 step reads x_t and the model output once and writes once. The coefficients come from
+kernel arguments (host timestep), from (b, 6) rows, or from the device table indexed by a device
+timestep inside the kernel (clamped to [-1, T] and wrapped onto the NaN rows, as
+:class:`ddim.update.CoefficientGather` does), so a step is one launch and no sync. The grid is (blocks per row, rows): rows are batch rows when coefficients or threshold scales differ
 per row, else the whole tensor is one row.
+
+Launches go through :class:`ddim.kernels.direct_launch.DirectLauncher` (the compiled kernel's
+launcher called directly once a binding is verified; Triton's JIT path otherwise).
 
 Runs on CPU tensors under ``TRITON_INTERPRET=1`` (the kernel is built on first use, after the
 environment is read), which is how it is tested without a GPU.
@@ -27,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ddim import coefficients as columns
+from ddim.kernels.direct_launch import DirectLauncher, alignment_bits, int_class
 from ddim.thresholding import X0Transform, threshold_scale
 from ddim.update import CoefficientGather, Coefficients, broadcast_columns, coefficient_rows
 from ddim.validation import ArgumentValueError
@@ -49,6 +55,10 @@ MAX_GRID_ROWS = 65535
 X0_PLAIN, X0_CLIP, X0_THRESHOLD = 0, 1, 2
 #: Where the coefficients come from.
 FROM_ARGS, FROM_ROWS, FROM_TABLE = 0, 1, 2
+#: Where the noise comes from: none (eta = 0), a tensor, or drawn in the kernel from per-step seeds.
+NOISE_NONE, NOISE_TENSOR, NOISE_KERNEL = 0, 1, 2
+#: The table columns in the order of the scalar arguments c0..c5.
+SCALAR_ORDER = (columns.X0_X, columns.X0_M, columns.PREV_X0, columns.PREV_X, columns.PREV_M, columns.STD)
 
 
 @functools.cache
@@ -65,6 +75,7 @@ def kernel() -> Any:
         coef_ptr,
         index_ptr,
         scale_ptr,
+        seed_ptr,
         c0,
         c1,
         c2,
@@ -76,9 +87,11 @@ def kernel() -> Any:
         coef_row_stride,
         index_row_stride,
         table_rows,
+        seed_row_stride,
+        counter_row_stride,
         COEF_SOURCE: tl.constexpr,
         X0_MODE: tl.constexpr,
-        HAS_NOISE: tl.constexpr,
+        NOISE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(1).to(tl.int64)
@@ -109,13 +122,28 @@ def kernel() -> Any:
             s = tl.load(scale_ptr + row).to(tl.float32)
             x0 = tl.minimum(tl.maximum(x0, -s), s) / s
         prev = prev_x0 * x0 + prev_x * x + prev_m * m
-        if HAS_NOISE:
+        if NOISE == 1:
             z = tl.load(z_ptr + at, mask=mask).to(tl.float32)
             prev = prev + std * z
+        if NOISE == 2:  # counter-based: Philox4x32-10 keyed by the seed, counter = element index
+            seed = tl.load(seed_ptr + row * seed_row_stride)
+            prev = prev + std * tl.randn(seed, row * counter_row_stride + offsets)
         tl.store(prev_ptr + at, prev.to(prev_ptr.dtype.element_ty), mask=mask)
         tl.store(x0_ptr + at, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
     return ddim_step_kernel
+
+
+#: The kernel's compile-time parameters, in order (they end its parameter list).
+CONSTEXPRS = ("COEF_SOURCE", "X0_MODE", "NOISE", "BLOCK")
+#: Positions of the outputs (prev_ptr, x0_ptr) among the kernel's arguments.
+OUTPUTS = (3, 4)
+
+
+@functools.cache
+def launcher() -> DirectLauncher:
+    """The checked direct launcher of :func:`kernel` (see :mod:`ddim.kernels.direct_launch`)."""
+    return DirectLauncher(kernel(), CONSTEXPRS)
 
 
 def fused_update(
@@ -124,18 +152,37 @@ def fused_update(
     coefficients: Coefficients,
     transform: X0Transform,
     noise: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(prev_sample, pred_original_sample)`` of one DDIM step in one kernel launch; see the module doc."""
+    """``(prev_sample, pred_original_sample)`` of one DDIM step in one kernel launch; see the module doc.
+
+    ``seeds`` (int64, one value, or one per batch row; on the sample's device) draws the noise inside
+    the kernel instead of reading ``noise`` (see :mod:`ddim.kernels.kernel_noise`).
+    """
     batch = sample.shape[0] if sample.ndim else 1
     x, m = sample.contiguous(), model_output.contiguous()
-    z = noise.contiguous() if noise is not None else x
+    noise_mode, z, seed = NOISE_NONE, x, x
+    seed_stride = 0
+    per_row = False
+    if noise is not None:
+        if seeds is not None:
+            raise ArgumentValueError("pass noise or seeds to fused_update, not both")
+        noise_mode, z = NOISE_TENSOR, noise.contiguous()
+    elif seeds is not None:
+        noise_mode, seed = NOISE_KERNEL, seeds.reshape(-1)
+        if seed.dtype != torch.int64 or seed.numel() not in (1, batch) or seed.device != x.device:
+            raise ArgumentValueError(
+                f"seeds must be int64 on {x.device} with 1 or {batch} values, got {seed.dtype} with "
+                f"{seed.numel()} values on {seed.device}"
+            )
+        if seed.numel() > 1:
+            per_row, seed_stride = True, 1
     prev, x0 = torch.empty_like(x), torch.empty_like(x)
     if x.numel() == 0:
         return prev, x0
     scalars: Sequence[float] = (0.0,) * NUM_COLUMNS
     coef_ptr, index_ptr, scale_ptr = x, x, x
     coef_stride = index_stride = table_rows = 0
-    per_row = False
     if isinstance(coefficients, CoefficientGather):
         source, coef_ptr = FROM_TABLE, coefficients.table
         index_ptr = coefficients.timestep.reshape(-1)
@@ -149,8 +196,7 @@ def fused_update(
             per_row, coef_stride = True, NUM_COLUMNS
     else:  # six numbers, passed as c0..c5 = X0_X, X0_M, PREV_X0, PREV_X, PREV_M, STD
         values = [float(c) for c in coefficients]
-        names = (columns.X0_X, columns.X0_M, columns.PREV_X0, columns.PREV_X, columns.PREV_M, columns.STD)
-        source, scalars = FROM_ARGS, [values[i] for i in names]
+        source, scalars = FROM_ARGS, [values[i] for i in SCALAR_ORDER]
     mode, clip = X0_PLAIN, 0.0
     if transform.threshold_ratio is not None:
         raw = coefficient_x0(x, m, coefficients)
@@ -164,28 +210,38 @@ def fused_update(
             f"batch size {batch} exceeds {MAX_GRID_ROWS} rows of per-row coefficients or thresholds"
         )
     row_numel = x.numel() // rows_count
-    grid = (triton.cdiv(row_numel, BLOCK), rows_count)
-    kernel()[grid](
-        x,
-        m,
-        z,
-        prev,
-        x0,
-        coef_ptr,
-        index_ptr,
-        scale_ptr,
+    counter_stride = 0 if seed_stride else row_numel  # one seed: the counter runs over the whole tensor
+    pointers = (x, m, z, prev, x0, coef_ptr, index_ptr, scale_ptr, seed)
+    arguments = (
+        *pointers,
         *scalars,
         clip,
         row_numel,
         coef_stride,
         index_stride,
         table_rows,
-        COEF_SOURCE=source,
-        X0_MODE=mode,
-        HAS_NOISE=noise is not None,
-        BLOCK=BLOCK,
-        num_warps=NUM_WARPS,
+        seed_stride,
+        counter_stride,
+        source,
+        mode,
+        noise_mode,
+        BLOCK,
     )
+    key = (
+        tuple(p.dtype for p in pointers),
+        alignment_bits(pointers),
+        int_class(row_numel),
+        int_class(counter_stride),
+        coef_stride,
+        index_stride,
+        table_rows,
+        seed_stride,
+        source,
+        mode,
+        noise_mode,
+    )
+    grid = (triton.cdiv(row_numel, BLOCK), rows_count, 1)
+    launcher().launch(key, grid, arguments, OUTPUTS, NUM_WARPS)
     return prev, x0  # empty_like(x): already shaped like sample
 
 
