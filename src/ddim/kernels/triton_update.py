@@ -11,8 +11,9 @@ dtype. With per-step seeds instead of a noise tensor the noise z is drawn inside
 eta > 0 step reads x_t and the model output once and writes once. The coefficients come from
 kernel arguments (host timestep), from (b, 6) rows, or from the device table indexed by a device
 timestep inside the kernel (clamped to [-1, T] and wrapped onto the NaN rows, as
-:class:`ddim.update.CoefficientGather` does), so a step is one launch and no sync. The grid is (blocks per row, rows): rows are batch rows when coefficients or threshold scales differ
-per row, else the whole tensor is one row.
+:class:`ddim.update.CoefficientGather` does), so a step is one launch and no sync. The grid is
+(blocks per row, rows): rows are batch rows when coefficients, threshold scales or seeds differ per
+row, else the whole tensor is one row.
 
 Launches go through :class:`ddim.kernels.direct_launch.DirectLauncher` (the compiled kernel's
 launcher called directly once a binding is verified; Triton's JIT path otherwise).
