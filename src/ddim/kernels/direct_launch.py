@@ -86,9 +86,12 @@ class DirectLauncher:
         self.names: tuple[str, ...] = tuple(getattr(jitted, "arg_names", ()))
         self.constexpr_names = tuple(constexpr_names)
         self.bindings: dict[Hashable, Binding | None] = {}
+        # Triton's and torch's device accessors, read by prepare() (replaceable: the tests use fakes).
         self.stream: Callable[[int], Any] = unprepared
         self.device: Callable[[], int] | None = None
         self.runtime: Any = None
+        self.synchronize: Callable[[], None] = torch.cuda.synchronize
+        self.checkable: Callable[[], bool] = results_readable
 
     def jit_launch(self, grid: tuple[int, int, int], arguments: Sequence[Any], num_warps: int) -> Any:
         """Launch through ``kernel[grid]`` (runtime arguments positional, constants by name)."""
@@ -141,7 +144,7 @@ class DirectLauncher:
         num_warps: int,
     ) -> None:
         """JIT launch (the call's result), then a checked direct launch into scratch outputs (module doc)."""
-        checkable = not (torch.cuda.is_current_stream_capturing() or torch.cuda.get_sync_debug_mode() != 0)
+        checkable = self.checkable()
         compiled = self.jit_launch(grid, arguments, num_warps)
         if not checkable or hooks_installed(self.runtime):
             return  # bind on a later call
@@ -153,7 +156,7 @@ class DirectLauncher:
             for i in outputs:
                 scratch[i] = torch.empty_like(arguments[i])
             binding(grid, self.stream(key[0]), scratch)  # type: ignore[index]
-            torch.cuda.synchronize()
+            self.synchronize()
             same = all(bitwise_equal(scratch[i], arguments[i]) for i in outputs)
         except Exception:
             same = False
@@ -172,6 +175,11 @@ def hooks_installed(runtime: Any) -> bool:
         hook is not None and bool(getattr(hook, "calls", True))
         for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook)
     )
+
+
+def results_readable() -> bool:
+    """Whether the host may read a result now: no CUDA graph capture, synchronisation not forbidden."""
+    return not torch.cuda.is_current_stream_capturing() and torch.cuda.get_sync_debug_mode() == 0
 
 
 def unprepared(device: int) -> Any:

@@ -48,6 +48,12 @@ COL_PREV_M = tl.constexpr(columns.PREV_M)
 COL_STD = tl.constexpr(columns.STD)
 ROW_WIDTH = tl.constexpr(columns.NUM_COLUMNS)
 
+#: Philox4x32 multipliers and key increments (Salmon et al. 2011; the values of Triton's tl.randn).
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+
 BLOCK = 2048
 NUM_WARPS = 8
 #: CUDA's limit on the second grid dimension (rows with their own coefficients).
@@ -62,9 +68,42 @@ NOISE_NONE, NOISE_TENSOR, NOISE_KERNEL = 0, 1, 2
 SCALAR_ORDER = (columns.X0_X, columns.X0_M, columns.PREV_X0, columns.PREV_X, columns.PREV_M, columns.STD)
 
 
+def standard_normal_source(seed, counter):  # no annotations: Triton would read them
+    """Triton's ``tl.randn(seed, counter)`` written out (jitted by :func:`kernel`, so it also runs in
+    the interpreter): Philox4x32-10 on (counter lo, counter hi, 0, 0) keyed (seed lo, seed hi), two words to
+    uniforms in [0, 1), the cosine branch of Box-Muller."""
+    c0 = counter.to(tl.uint32)
+    c1 = (counter >> 32).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    key = seed.to(tl.uint64)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = ((key >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    for _ in tl.static_range(10):
+        p0, p2 = c0, c2
+        c0 = tl.umulhi(PHILOX_M1, p2) ^ c1 ^ k0
+        c2 = tl.umulhi(PHILOX_M0, p0) ^ c3 ^ k1
+        c1 = tl.mul(PHILOX_M1, p2, sanitize_overflow=False)
+        c3 = tl.mul(PHILOX_M0, p0, sanitize_overflow=False)
+        k0 = tl.add(k0, PHILOX_W0, sanitize_overflow=False)
+        k1 = tl.add(k1, PHILOX_W1, sanitize_overflow=False)
+    i1 = c0.to(tl.int32, bitcast=True)
+    i2 = c1.to(tl.int32, bitcast=True)
+    u1 = tl.where(i1 < 0, ~i1, i1) * 4.6566127342e-10
+    u2 = tl.where(i2 < 0, ~i2, i2) * 4.6566127342e-10
+    u1 = tl.maximum(1.0e-7, u1)
+    return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+
+
+standard_normal: Any = None  #: standard_normal_source jitted by kernel()
+
+
 @functools.cache
 def kernel() -> Any:
     """The jitted kernel, built on first use (so ``TRITON_INTERPRET`` is read when it is needed)."""
+
+    global standard_normal  # a module global: the interpreter resolves callees there, not in closures
+    standard_normal = triton.jit(standard_normal_source)
 
     @triton.jit
     def ddim_step_kernel(
@@ -128,7 +167,7 @@ def kernel() -> Any:
             prev = prev + std * z
         if NOISE == 2:  # counter-based: Philox4x32-10 keyed by the seed, counter = element index
             seed = tl.load(seed_ptr + row * seed_row_stride)
-            prev = prev + std * tl.randn(seed, row * counter_row_stride + offsets)
+            prev = prev + std * standard_normal(seed, row * counter_row_stride + offsets)
         tl.store(prev_ptr + at, prev.to(prev_ptr.dtype.element_ty), mask=mask)
         tl.store(x0_ptr + at, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
@@ -141,10 +180,18 @@ CONSTEXPRS = ("COEF_SOURCE", "X0_MODE", "NOISE", "BLOCK")
 OUTPUTS = (3, 4)
 
 
-@functools.cache
+LAUNCHERS: dict[int, DirectLauncher] = {}
+
+
 def launcher() -> DirectLauncher:
-    """The checked direct launcher of :func:`kernel` (see :mod:`ddim.kernels.direct_launch`)."""
-    return DirectLauncher(kernel(), CONSTEXPRS)
+    """The checked direct launcher of the current :func:`kernel` (rebuilt with it; see
+    :mod:`ddim.kernels.direct_launch`)."""
+    jitted = kernel()
+    found = LAUNCHERS.get(id(jitted))
+    if found is None or found.jitted is not jitted:
+        LAUNCHERS.clear()
+        found = LAUNCHERS[id(jitted)] = DirectLauncher(jitted, CONSTEXPRS)
+    return found
 
 
 def fused_update(
