@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddim import DDIMScheduler, coefficients as columns
+from ddim import DDIMScheduler
+from ddim import coefficients as columns
 from ddim.kernels.kernel_noise import SEED_END, draw_seeds
 from ddim.thresholding import X0Transform
 
@@ -30,7 +31,8 @@ def philox4x32_10(counter: list[np.ndarray], key: list[np.ndarray]) -> list[np.n
     k0, k1 = (np.asarray(v, dtype=np.uint64) & MASK for v in key)
     for _ in range(10):
         p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
-        c = [((p1 >> np.uint64(32)) ^ c[1] ^ k0) & MASK, p1 & MASK, ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & MASK, p0 & MASK]
+        hi0, hi1 = p0 >> np.uint64(32), p1 >> np.uint64(32)
+        c = [(hi1 ^ c[1] ^ k0) & MASK, p1 & MASK, (hi0 ^ c[3] ^ k1) & MASK, p0 & MASK]
         k0, k1 = (k0 + np.uint64(0x9E3779B9)) & MASK, (k1 + np.uint64(0xBB67AE85)) & MASK
     return c
 
