@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -194,6 +194,16 @@ def launcher() -> DirectLauncher:
     return found
 
 
+class Launch(NamedTuple):
+    """One prepared launch: the outputs, the binding key, the grid and every kernel argument in order."""
+
+    prev: torch.Tensor
+    x0: torch.Tensor
+    key: tuple[Any, ...]
+    grid: tuple[int, int, int]
+    arguments: tuple[Any, ...]
+
+
 def fused_update(
     sample: torch.Tensor,
     model_output: torch.Tensor,
@@ -207,6 +217,22 @@ def fused_update(
     ``seeds`` (int64, one value, or one per batch row; on the sample's device) draws the noise inside
     the kernel instead of reading ``noise`` (see :mod:`ddim.kernels.kernel_noise`).
     """
+    launch = prepare_launch(sample, model_output, coefficients, transform, noise, seeds)
+    if launch.grid[0] > 0:
+        launcher().launch(launch.key, launch.grid, launch.arguments, OUTPUTS, NUM_WARPS)
+    return launch.prev, launch.x0  # empty_like(x): already shaped like sample
+
+
+def prepare_launch(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    coefficients: Coefficients,
+    transform: X0Transform,
+    noise: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
+) -> Launch:
+    """The outputs (allocated), key, grid and arguments of :func:`fused_update`'s launch (grid (0, 0, 0): nothing
+    to launch)."""
     batch = sample.shape[0] if sample.ndim else 1
     x, m = sample.contiguous(), model_output.contiguous()
     noise_mode, z, seed = NOISE_NONE, x, x
@@ -227,7 +253,7 @@ def fused_update(
             per_row, seed_stride = True, 1
     prev, x0 = torch.empty_like(x), torch.empty_like(x)
     if x.numel() == 0:
-        return prev, x0
+        return Launch(prev, x0, (), (0, 0, 0), ())
     scalars: Sequence[float] = (0.0,) * NUM_COLUMNS
     coef_ptr, index_ptr, scale_ptr = x, x, x
     coef_stride = index_stride = table_rows = 0
@@ -288,9 +314,7 @@ def fused_update(
         mode,
         noise_mode,
     )
-    grid = (triton.cdiv(row_numel, BLOCK), rows_count, 1)
-    launcher().launch(key, grid, arguments, OUTPUTS, NUM_WARPS)
-    return prev, x0  # empty_like(x): already shaped like sample
+    return Launch(prev, x0, key, (triton.cdiv(row_numel, BLOCK), rows_count, 1), arguments)
 
 
 def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Coefficients) -> torch.Tensor:
