@@ -269,8 +269,7 @@ def prepare_launch(
         if rows.shape[0] > 1:
             per_row, coef_stride = True, NUM_COLUMNS
     else:  # six numbers, passed as c0..c5 = X0_X, X0_M, PREV_X0, PREV_X, PREV_M, STD
-        values = [float(c) for c in coefficients]
-        source, scalars = FROM_ARGS, [values[i] for i in SCALAR_ORDER]
+        source, scalars = FROM_ARGS, [float(coefficients[i]) for i in SCALAR_ORDER]
     mode, clip = X0_PLAIN, 0.0
     if transform.threshold_ratio is not None:
         raw = coefficient_x0(x, m, coefficients)
@@ -285,9 +284,16 @@ def prepare_launch(
         )
     row_numel = x.numel() // rows_count
     counter_stride = 0 if seed_stride else row_numel  # one seed: the counter runs over the whole tensor
-    pointers = (x, m, z, prev, x0, coef_ptr, index_ptr, scale_ptr, seed)
     arguments = (
-        *pointers,
+        x,
+        m,
+        z,
+        prev,
+        x0,
+        coef_ptr,
+        index_ptr,
+        scale_ptr,
+        seed,
         *scalars,
         clip,
         row_numel,
@@ -301,9 +307,12 @@ def prepare_launch(
         noise_mode,
         BLOCK,
     )
+    # The key fixes every argument's Triton specialisation. prev and x0 are fresh allocations (the
+    # CUDA caching allocator starts blocks 512-byte aligned), so their alignment is not read.
+    inputs = (x, m, z, coef_ptr, index_ptr, scale_ptr, seed)
     key = (
-        tuple(p.dtype for p in pointers),
-        alignment_bits(pointers),
+        (x.dtype, m.dtype, z.dtype, coef_ptr.dtype, index_ptr.dtype, scale_ptr.dtype, seed.dtype),
+        alignment_bits(inputs),
         int_class(row_numel),
         int_class(counter_stride),
         coef_stride,
@@ -314,7 +323,7 @@ def prepare_launch(
         mode,
         noise_mode,
     )
-    return Launch(prev, x0, key, (triton.cdiv(row_numel, BLOCK), rows_count, 1), arguments)
+    return Launch(prev, x0, key, ((row_numel + BLOCK - 1) // BLOCK, rows_count, 1), arguments)
 
 
 def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Coefficients) -> torch.Tensor:
