@@ -172,3 +172,30 @@ def test_hooks_are_read_from_triton_hook_chains() -> None:
     assert not hooks_installed(SimpleNamespace(launch_enter_hook=empty, launch_exit_hook=None))
     assert hooks_installed(SimpleNamespace(launch_enter_hook=empty, launch_exit_hook=SimpleNamespace(calls=[print])))
     assert hooks_installed(SimpleNamespace(launch_enter_hook=print, launch_exit_hook=None))
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not __import__("ddim.kernels").kernels.triton_installed(),
+    reason="needs CUDA and Triton",
+)
+def test_direct_launch_on_cuda_binds_and_equals_the_torch_path() -> None:
+    """With the installed Triton the compiled kernel's launcher is bound (no fallback) and a step
+    through it equals the torch path, for host and device timesteps, with and without noise."""
+    import ddim.kernels
+    from ddim.kernels import triton_update
+
+    s = DDIMScheduler(clip_sample=True)
+    s.set_timesteps(50, device="cuda")
+    x, m, z = (torch.randn(1, 4, 64, 64, device="cuda") for _ in range(3))
+    for t in (int(s.timesteps[7]), s.timesteps[7], s.timesteps[8]):
+        for noise in (None, z):
+            for _ in range(3):
+                got = s.step(m, t, x, eta=1.0 if noise is not None else 0.0, variance_noise=noise).prev_sample
+            ddim.kernels.ENABLED = False
+            try:
+                want = s.step(m, t, x, eta=1.0 if noise is not None else 0.0, variance_noise=noise).prev_sample
+            finally:
+                ddim.kernels.ENABLED = True
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    counts = triton_update.launcher().counts()
+    assert counts["direct"] >= 4 and counts["fallback"] == 0, counts

@@ -177,3 +177,42 @@ def test_seeds_come_from_the_generators() -> None:
         draw_seeds([torch.Generator()] * 2, 3, torch.device("cpu"))
     with pytest.raises(TypeError, match="generator"):
         draw_seeds([object()], 1, torch.device("cpu"))  # type: ignore[list-item]
+
+
+needs_cuda_triton = pytest.mark.skipif(
+    not torch.cuda.is_available() or not __import__("ddim.kernels").kernels.triton_installed(),
+    reason="needs CUDA and Triton",
+)
+
+
+@needs_cuda_triton
+def test_kernel_noise_on_cuda_is_the_reference() -> None:
+    from ddim.kernels.triton_update import fused_update
+
+    row = [0.0] * columns.NUM_COLUMNS
+    row[columns.STD] = 1.0
+    x = torch.zeros(3, 5000, device="cuda")
+    seed = 0x1234_5678_9ABC_DEF
+    z, _ = fused_update(x, x, row, X0Transform(), seeds=torch.tensor([seed], device="cuda"))
+    want = reference_normal(seed, np.arange(x.numel()))
+    np.testing.assert_allclose(z.double().cpu().reshape(-1).numpy(), want, rtol=1e-5, atol=1e-4)
+
+
+@needs_cuda_triton
+def test_graphed_sampler_with_kernel_noise_on_cuda() -> None:
+    from ddim.graphs import GraphedSampler, SamplingPlan, run_steps
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * (t.to(x.dtype) / 1000).view(-1, 1, 1, 1)
+
+    g = torch.Generator(device="cuda")
+    s = DDIMScheduler()
+    s.noise_source = "kernel"
+    sampler = GraphedSampler(model, s, (2, 3, 16, 16), num_inference_steps=20, eta=1.0, generator=g)
+    x_t = torch.randn(2, 3, 16, 16, device="cuda")
+    g.manual_seed(3)
+    first, second = sampler(x_t), sampler(x_t)
+    g.manual_seed(3)
+    assert torch.equal(sampler(x_t), first) and not torch.equal(first, second)
+    eager = run_steps(model, s, x_t, SamplingPlan.build(s, 2), 1.0, g.manual_seed(3))
+    torch.testing.assert_close(first, eager, rtol=1e-5, atol=1e-5)
