@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny UNet only, batch 2, 5 steps (checks the script)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5; quick 3)")
+    parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no new case after this")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--warmup-seconds", type=float, default=2.0, help="CUDA: busy time before the first case")
     parser.add_argument("--out", default="results/loop.json")
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rows = []
     envs = {}
+    started = time.perf_counter()
     for device in devices(args.device):
         small = args.quick and device.type == "cpu"
         plans = [
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(device, args.warmup_seconds)
         for name, build, batch, steps in plans:
             for eta in (0.0, 1.0):
+                if time.perf_counter() - started > args.max_seconds:
+                    print(f"skipped {name}, batch {batch}, eta {eta:g}: past --max-seconds")
+                    continue
                 torch.manual_seed(0)
                 rows.append(measure(device, name, build(), batch, steps, eta, reps))
                 print_table(rows[-1:], COLUMNS)

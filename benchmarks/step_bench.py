@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 7; quick 5)")
     parser.add_argument("--budget", type=float, default=None, help="seconds per repetition and function")
+    parser.add_argument("--shapes", nargs="+", default=None, help="shape names (default: all, or the quick pair)")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None)
     parser.add_argument("--out", default="results/step.json")
     args = parser.parse_args(argv)
     reps = args.reps or (5 if args.quick else 7)
@@ -194,12 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     envs = {}
     for device in devices(args.device):
         big_name, big_shape = MEMORY_BOUND[device.type]
+        known = {**SHAPES, big_name: big_shape}
         if args.quick:
             shapes = {"1x4x64x64": SHAPES["1x4x64x64"], big_name: big_shape}
             dtypes = ["fp32"]
         else:
-            shapes = {**SHAPES, big_name: big_shape}
-            dtypes = ["fp32", "fp16", "bf16"]
+            shapes, dtypes = known, ["fp32", "fp16", "bf16"]
+        if args.shapes:
+            unknown = [name for name in args.shapes if name not in known]
+            if unknown:
+                raise SystemExit(f"--shapes: unknown {unknown}; known on {device.type}: {sorted(known)}")
+            shapes = {name: known[name] for name in args.shapes}
+        dtypes = args.dtypes or dtypes
         rows += run(device, shapes, dtypes, reps, budget)
         envs[device.type] = environment(device)
     for row in rows:
