@@ -75,6 +75,19 @@ def interleaved_times(
     return times
 
 
+def captured(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` recorded in a CUDA graph after a warm-up on a side stream (no autograd); returns the replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.no_grad():
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 7) -> float:
     """Device copy bandwidth in bytes/s, counting bytes read plus written (preallocated buffers)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()

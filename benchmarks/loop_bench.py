@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 import ddim
-from common import devices, environment, interleaved_times, print_table, write_json
+from common import captured, devices, environment, interleaved_times, print_table, write_json
 from ddim.graphs import GraphedSampler, SamplingPlan, run_steps
 
 
@@ -163,19 +162,6 @@ def warm_up(device: torch.device, seconds: float) -> None:
         for _ in range(20):
             a @ a
         torch.cuda.synchronize(device)
-
-
-def captured(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    """``fn`` (a loop of model calls) captured in a CUDA graph, after a warm-up on a side stream; its replay."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side), torch.no_grad():
-        fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import ddim
-from common import environment, interleaved_medians, print_table, write_json
+from common import captured, environment, interleaved_medians, print_table, write_json
 from ddim.graphs import GraphedSampler, SamplingPlan
 from policy_unet import ConditionalUnet1D
 
@@ -44,19 +44,6 @@ CONFIG: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 HORIZON, ACTION_DIM, OBS_DIM = 16, 7, 128
-
-
-def captured(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
-    """``fn`` recorded in a CUDA graph (after a warm-up on a side stream); returns the replay."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def case(model: torch.nn.Module, device: torch.device, batch: int, steps: int, eta: float) -> tuple[dict, dict]:
