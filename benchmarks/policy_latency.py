@@ -96,7 +96,7 @@ def case(model: torch.nn.Module, device: torch.device, batch: int, steps: int, e
                 extra_inputs={"global_cond": obs},
                 num_inference_steps=steps,
                 eta=eta,
-                generator=generator,
+                generator=torch.Generator(device=device).manual_seed(2),  # its own: registered with this graph
                 device=device,
             )
             fns[name] = lambda sampler=sampler: sampler(x_T, global_cond=obs)
