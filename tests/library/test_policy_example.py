@@ -20,6 +20,7 @@ def load_example() -> Any:
     return module
 
 
+@pytest.mark.slow
 def test_policy_example_runs_and_matches_diffusers(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("diffusers")
     module = load_example()
