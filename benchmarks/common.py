@@ -54,6 +54,14 @@ def interleaved_medians(
     Each repetition runs a function ``n`` times back to back (``n`` calibrated per function), with a
     device sync at its end, so asynchronous launches are charged in full.
     """
+    return [statistics.median(t) for t in interleaved_times(fns, device, reps, budget_s, cap)]
+
+
+def interleaved_times(
+    fns: Sequence[Callable[[], object]], device: torch.device, reps: int, budget_s: float, cap: int = 2000
+) -> list[list[float]]:
+    """Seconds per call of each function in each repetition (see :func:`interleaved_medians`): entry
+    ``[i][r]`` is function i in repetition r, so the functions of one repetition ran side by side."""
     counts = [calls_for(fn, device, budget_s, cap) for fn in fns]
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
@@ -64,7 +72,20 @@ def interleaved_medians(
                 fn()
             synchronize(device)
             out.append((time.perf_counter() - start) / n)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def captured(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` recorded in a CUDA graph after a warm-up on a side stream (no autograd); returns the replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.no_grad():
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, reps: int = 7) -> float:
