@@ -60,6 +60,19 @@ def interleaved_medians(
     device sync at its end, so asynchronous launches are charged in full. ``setups`` (one per function,
     untimed) run before each function's calibration and each of its repetitions (e.g. a thread count).
     """
+    return [statistics.median(t) for t in interleaved_times(fns, device, reps, budget_s, cap, setups)]
+
+
+def interleaved_times(
+    fns: Sequence[Callable[[], object]],
+    device: torch.device,
+    reps: int,
+    budget_s: float,
+    cap: int = 2000,
+    setups: Sequence[Callable[[], object]] | None = None,
+) -> list[list[float]]:
+    """Seconds per call of each function in each repetition (see :func:`interleaved_medians`): entry
+    ``[i][r]`` is function i in repetition r, so the functions of one repetition ran side by side."""
     prepare = list(setups) if setups is not None else [lambda: None] * len(fns)
     counts = []
     for fn, setup in zip(fns, prepare, strict=True):
@@ -75,7 +88,20 @@ def interleaved_medians(
                 fn()
             synchronize(device)
             out.append((time.perf_counter() - start) / n)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def captured(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` recorded in a CUDA graph after a warm-up on a side stream (no autograd); returns the replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.no_grad():
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def copy_call(device: torch.device, nbytes: int) -> tuple[Callable[[], object], int]:

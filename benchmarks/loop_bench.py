@@ -9,11 +9,16 @@ device) to ``step``, and a (batch,) tensor to the model. Timed, interleaved, med
 - ``graph`` (CUDA): the whole loop with our step replayed from one CUDA graph (:mod:`ddim.graphs`);
 - ``graph_model`` (CUDA): the model calls alone, replayed from one CUDA graph.
 
-Scheduler share = (loop - model) / loop, graphed share = (graph - graph_model) / graph; "in step" =
-host time inside ``step`` / loop time, from one more loop (the robust figure on a busy CPU; on CUDA
-it also counts the waits of syncs). On CUDA the
-model runs in fp16, on the CPU in fp32; ``--quick`` shrinks the batches (and the CIFAR10 step count)
-so that it finishes in minutes on the CPU.
+Every row is warmed up (two loops) before timing; the repetitions alternate between the rows, so
+each repetition holds one loop of every row run side by side (same clocks, same load); on CUDA the
+first case is preceded by ``--warmup-seconds`` of model calls (clocks up). Scheduler share = the
+median over repetitions of (loop - model) / loop, paired within a repetition; graphed share =
+(graph - graph_model) / graph likewise. The share is printed with its interquartile range over the
+repetitions and marked "noise" when that range includes 0: such a share is not a measurement. On
+the CPU, "in step" = host time inside ``step`` / loop time, from one more loop (on CUDA host time in
+``step`` is launch time, not the step's cost, so it is not reported). On CUDA the model runs in fp16,
+on the CPU in fp32; ``--quick`` shrinks the batches (and the CIFAR10 step count) so that it finishes
+in minutes on the CPU.
 
     python benchmarks/loop_bench.py [--quick] [--device cpu|cuda|all] [--out results/loop.json]
 """
@@ -21,14 +26,14 @@ so that it finishes in minutes on the CPU.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 import ddim
-from common import devices, environment, interleaved_medians, print_table, write_json
+from common import captured, devices, environment, interleaved_times, print_table, write_json
 from ddim.graphs import GraphedSampler, SamplingPlan, run_steps
 
 
@@ -119,11 +124,19 @@ def measure(
         fns["graph"] = lambda: graphed(x_t)
         fns["graph_model"] = captured(model_only, device)
     with torch.no_grad():
-        times = dict(zip(fns, interleaved_medians(list(fns.values()), device, reps, budget_s=0.0, cap=1), strict=True))
+        runs = dict(zip(fns, interleaved_times(list(fns.values()), device, reps, budget_s=0.0, cap=1), strict=True))
+    times = {k: statistics.median(v) for k, v in runs.items()}
     row: dict[str, Any] = {"device": device.type, "model": name, "batch": batch, "steps": steps, "eta": eta}
     row.update({f"{k}_s": v for k, v in times.items()})
+    pairs = [(key, "model") for key in schedulers] + ([("graph", "graph_model")] if "graph" in runs else [])
+    for loop, floor in pairs:
+        shares = sorted((a - b) / a for a, b in zip(runs[loop], runs[floor], strict=True))
+        low, high = shares[len(shares) // 4], shares[(3 * len(shares)) // 4]
+        row[f"{loop}_share"] = statistics.median(shares)
+        row[f"{loop}_share_iqr"] = f"{low:.1%}..{high:.1%}" + (" noise" if low <= 0 <= high else "")
     for key, scheduler in schedulers.items():
-        row[f"{key}_share"] = (times[key] - times["model"]) / times[key]
+        if device.type == "cuda":
+            continue
         # Direct: host time inside step over one more loop (exact on the CPU; on CUDA it counts launches
         # and the waits of forced syncs, which is where a syncing step spends its time).
         timed = TimedSteps(scheduler)
@@ -136,22 +149,19 @@ def measure(
         row[f"{key}_in_step"] = timed.elapsed / (time.perf_counter() - start)
     row["graph_s"] = times.get("graph")
     row["graph_model_s"] = times.get("graph_model")
-    if "graph" in times:
-        row["graph_share"] = (times["graph"] - times["graph_model"]) / times["graph"]
     return row
 
 
-def captured(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    """``fn`` (a loop of model calls) captured in a CUDA graph, after a warm-up on a side stream; its replay."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side), torch.no_grad():
-        fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+def warm_up(device: torch.device, seconds: float) -> None:
+    """Keep the device busy for ``seconds`` (clocks up before the first timed case)."""
+    if seconds <= 0 or device.type != "cuda":
+        return
+    a = torch.randn(4096, 4096, device=device, dtype=torch.float16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,11 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny UNet only, batch 2, 5 steps (checks the script)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5; quick 3)")
+    parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no new case after this")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--warmup-seconds", type=float, default=2.0, help="CUDA: busy time before the first case")
     parser.add_argument("--out", default="results/loop.json")
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 5)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows = []
     envs = {}
+    started = time.perf_counter()
     for device in devices(args.device):
         small = args.quick and device.type == "cpu"
         plans = [
@@ -175,13 +191,18 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.smoke:
             plans = [("tiny", tiny_unet, 2, 5)]
+        warm_up(device, args.warmup_seconds)
         for name, build, batch, steps in plans:
             for eta in (0.0, 1.0):
+                if time.perf_counter() - started > args.max_seconds:
+                    print(f"skipped {name}, batch {batch}, eta {eta:g}: past --max-seconds")
+                    continue
                 torch.manual_seed(0)
                 rows.append(measure(device, name, build(), batch, steps, eta, reps))
                 print_table(rows[-1:], COLUMNS)
         envs[device.type] = environment(device)
-    print("\nall loops (seconds per loop; share = (loop - model) / loop; in step = host time in step / loop):")
+    print("\nall loops (seconds per loop, medians; share = median of (loop - model) / loop per repetition, IQR;")
+    print("'noise': the IQR includes 0; in step (CPU) = host time in step / loop):")
     print_table(rows, COLUMNS)
     path = write_json(args.out, {"environment": envs, "rows": rows})
     print(f"wrote {path}")
@@ -200,8 +221,11 @@ COLUMNS = [
     ("graph_s", "ours graphed s", ".4f"),
     ("graph_model_s", "model graphed s", ".4f"),
     ("graph_share", "graphed share", ".2%"),
+    ("graph_share_iqr", "(IQR)", "s"),
     ("ours_share", "ours share", ".2%"),
+    ("ours_share_iqr", "(IQR)", "s"),
     ("diffusers_share", "diffusers share", ".2%"),
+    ("diffusers_share_iqr", "(IQR)", "s"),
     ("ours_in_step", "ours in step", ".2%"),
     ("diffusers_in_step", "diffusers in step", ".2%"),
 ]

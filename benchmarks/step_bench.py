@@ -12,6 +12,9 @@ On CUDA, "ours graphed" is our step applied 50 times (tensor timesteps) replayed
 per step. On the CPU every case runs at each thread count of ``--threads`` (``torch.set_num_threads``
 before each repetition; all counts interleaved in one measurement), with the floor at that count's copy
 bandwidth; "ours / ours 1 thread" is our time at that count over ours on one thread.
+On CUDA, for eta > 0 also with the noise drawn inside the kernel (``noise_source = "kernel"``),
+against the eta = 0 floor (x_t and the model output read, x_{t-1} and x_0 written: no noise tensor).
+Target at the memory-bound size: at most 1.1x that floor.
 
     python benchmarks/step_bench.py [--quick] [--device cpu|cuda|all] [--threads 1,2,8] [--shape 16x16x256x256]
         [--out results/step.json]
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 import ddim
+import ddim.kernels
 from common import (
     CONFIGS,
     DTYPES,
@@ -73,10 +77,16 @@ def make_case(
 
 
 def graphed_steps(
-    device: torch.device, shape: tuple[int, ...], dtype: torch.dtype, config: dict[str, Any], eta: float
+    device: torch.device,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    config: dict[str, Any],
+    eta: float,
+    noise_source: str = "torch",
 ) -> tuple[Any, int]:
     """Our step applied ``len(timesteps)`` = 50 times, captured in one CUDA graph; returns (replay, steps)."""
     scheduler = ddim.DDIMScheduler(**config)
+    scheduler.noise_source = noise_source
     scheduler.set_timesteps(50, device=device)
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(shape, generator=g, device=device, dtype=dtype)
@@ -165,6 +175,13 @@ def run(
                                 (t_graph,) = interleaved_medians([replay], device, reps, budget)
                                 row["ours_graph_us"] = t_graph / n * 1e6
                                 row["graph_floor"] = t_graph / n / floor
+                                if eta > 0 and ddim.kernels.triton_installed():
+                                    # noise drawn in the kernel: against the eta = 0 floor (no noise tensor moved)
+                                    replay, n = graphed_steps(device, shape, dtype, config, eta, noise_source="kernel")
+                                    (t_kernel,) = interleaved_medians([replay], device, reps, budget)
+                                    floor_eta0 = numel * dtype.itemsize * 4 / (copied / t_copy)
+                                    row["ours_graph_kernel_noise_us"] = t_kernel / n * 1e6
+                                    row["kernel_noise_eta0_floor"] = t_kernel / n / floor_eta0
                             rows.append(row)
                             print_table([row], COLUMNS) if len(rows) == 1 else print_row(row)
     torch.set_num_threads(thread_counts[0])
@@ -187,6 +204,8 @@ COLUMNS = [
     ("diffusers_floor", "diffusers / floor", ".2f"),
     ("ours_graph_us", "ours graphed us", ".2f"),
     ("graph_floor", "graphed / floor", ".2f"),
+    ("ours_graph_kernel_noise_us", "graphed, kernel noise us", ".2f"),
+    ("kernel_noise_eta0_floor", "kernel noise / eta-0 floor", ".2f"),
 ]
 
 
@@ -230,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU intra-op thread counts, comma-separated (default 1,2; 1 is always included)",
     )
     parser.add_argument("--shape", type=shape_arg, help="only this shape, e.g. 16x16x256x256 (fp32 with --quick)")
+    parser.add_argument("--shapes", nargs="+", default=None, help="shape names (default: all, or the quick pair)")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=None)
     parser.add_argument("--out", default="results/step.json")
     args = parser.parse_args(argv)
     reps = args.reps or (5 if args.quick else 7)
@@ -238,16 +259,29 @@ def main(argv: list[str] | None = None) -> int:
     envs = {}
     for device in devices(args.device):
         big_name, big_shape = MEMORY_BOUND[device.type]
+        known = {**SHAPES, big_name: big_shape}
         if args.quick:
             shapes = {"1x4x64x64": SHAPES["1x4x64x64"], big_name: big_shape}
             dtypes = ["fp32"]
         else:
-            shapes = {**SHAPES, big_name: big_shape}
-            dtypes = ["fp32", "fp16", "bf16"]
+            shapes, dtypes = known, ["fp32", "fp16", "bf16"]
+        if args.shapes:
+            unknown = [name for name in args.shapes if name not in known]
+            if unknown:
+                raise SystemExit(f"--shapes: unknown {unknown}; known on {device.type}: {sorted(known)}")
+            shapes = {name: known[name] for name in args.shapes}
         if args.shape is not None:
             shapes = {"x".join(map(str, args.shape)): args.shape}
+        dtypes = args.dtypes or dtypes
         rows += run(device, shapes, dtypes, reps, budget, args.threads)
         envs[device.type] = environment(device)
+    for row in rows:
+        if row.get("kernel_noise_eta0_floor") is not None and row["shape"] == MEMORY_BOUND["cuda"][0]:
+            ratio = row["kernel_noise_eta0_floor"]
+            print(
+                f"target ({row['shape']} {row['dtype']} {row['config']}): graphed eta 1 with kernel noise <= 1.1x the "
+                f"eta-0 floor: {ratio:.2f}x ({'met' if ratio <= 1.1 else 'MISSED'})"
+            )
     path = write_json(args.out, {"environment": envs, "rows": rows})
     print(f"wrote {path}")
     return 0

@@ -14,6 +14,13 @@ does)::
         out = run_steps(model, scheduler, x, plan, eta, generator)
     x.copy_(x_T); graph.replay(); samples = out.clone()
 
+Conditioning: the model's extra inputs (observation features, class labels, text embeddings) are
+given once as example tensors (``extra_inputs={"global_cond": obs}``); the graph reads them from
+static buffers, which each call fills: ``sampler(x_T, global_cond=obs)`` runs
+``model(x, t, global_cond=obs)`` at every step. Any such callable can be graphed, a guided one too
+(classifier-free guidance: one function that runs the conditional and unconditional passes and
+combines them), as long as it reads nothing on the host.
+
 Noise for eta > 0 comes from CUDA generators (one, or one per batch row) registered with the graph:
 each replay draws fresh noise and advances them, and re-seeding a generator before a replay makes
 that replay reproducible. A CPU generator cannot feed a graph (its draws are host work and a copy).
@@ -22,7 +29,7 @@ that replay reproducible. A CPU generator cannot feed a graph (its draws are hos
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +38,9 @@ import torch
 from ddim.model import Model
 from ddim.noise import Generator
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_int
+
+#: A model with extra inputs: ``model(x_t, t, **extra) -> prediction`` (t: (batch,), int64).
+ConditionedModel = Callable[..., torch.Tensor]
 
 
 class GraphableScheduler(Protocol):
@@ -72,21 +82,23 @@ class SamplingPlan:
 
 
 def run_steps(
-    model: Model,
+    model: Model | ConditionedModel,
     scheduler: GraphableScheduler,
     x: torch.Tensor,
     plan: SamplingPlan,
     eta: float = 0.0,
     generator: Generator = None,
     use_clipped_model_output: bool = False,
+    extra: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """x_T -> x_0: ``x = scheduler.step(model(x, t_batch), t, x).prev_sample`` for every planned step.
+    """x_T -> x_0: ``x = scheduler.step(model(x, t_batch, **extra), t, x).prev_sample`` for every planned step.
 
     Reads nothing on the host when the plan, ``x`` and the generators are on the GPU, so it can be
     captured in a CUDA graph; on the CPU it is the plain loop.
     """
+    inputs = dict(extra) if extra is not None else {}
     for t, t_batch in zip(plan.step_timesteps, plan.model_timesteps, strict=True):
-        output = model(x, t_batch)
+        output = model(x, t_batch, **inputs)
         x = scheduler.step(
             output,
             t,
@@ -126,21 +138,60 @@ def cuda_generators(generator: Generator, device: torch.device) -> list[torch.Ge
     return found
 
 
+class StaticInputs:
+    """The model's extra inputs as static buffers of a graph: made from example tensors, filled per call.
+
+    ``StaticInputs({"global_cond": obs}, device)`` copies each example into a new buffer on
+    ``device``; :meth:`fill` copies a call's tensors into them after checking that the names, shapes
+    and dtypes match the examples (a graph reads the same memory at every replay).
+    """
+
+    def __init__(self, examples: Mapping[str, torch.Tensor] | None, device: torch.device | str) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+        for name, example in (examples or {}).items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ArgumentValueError(f"extra_inputs key {name!r} must be a Python identifier (a keyword)")
+            if not isinstance(example, torch.Tensor):
+                raise ArgumentTypeError(f"extra_inputs[{name!r}] must be a torch.Tensor, got {type(example).__name__}")
+            self.buffers[name] = example.detach().to(device, copy=True)
+
+    def fill(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Copy a call's extra inputs into the buffers (every captured name, nothing else, same shape and dtype)."""
+        if set(values) != set(self.buffers):
+            raise ArgumentValueError(
+                f"extra inputs {sorted(values)} must be exactly the captured {sorted(self.buffers)}"
+            )
+        for name, value in values.items():
+            buffer = self.buffers[name]
+            if not isinstance(value, torch.Tensor):
+                raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            if value.shape != buffer.shape or value.dtype != buffer.dtype:
+                raise ArgumentValueError(
+                    f"{name} has shape {tuple(value.shape)} and dtype {value.dtype}; the graph was captured with "
+                    f"shape {tuple(buffer.shape)} and dtype {buffer.dtype}"
+                )
+        for name, value in values.items():
+            self.buffers[name].copy_(value)
+
+
 class GraphedSampler:
     """A DDIM sampling loop (model + step, ``num_inference_steps`` times) captured in one CUDA graph.
 
-    ``sampler(x_T)`` copies ``x_T`` into the graph's static input, replays, and returns x_0 (a new
-    tensor). The scheduler's timesteps are set here on ``device``; the model is called as
-    ``model(x_t, t)`` with t of shape (batch,), int64. Warm-up and capture run under
-    :func:`forbid_syncs` when ``check_syncs`` (a sync would also break the capture).
+    ``sampler(x_T, **extra)`` copies ``x_T`` and the extra inputs into the graph's static buffers,
+    replays, and returns x_0 (a new tensor). The scheduler's timesteps are set here on ``device``;
+    the model is called as ``model(x_t, t, **extra)`` with t of shape (batch,), int64, and ``extra``
+    the buffers made from ``extra_inputs`` (example tensors: their shapes and dtypes are fixed).
+    Warm-up and capture run under :func:`forbid_syncs` when ``check_syncs`` (a sync would also break
+    the capture).
     """
 
     def __init__(
         self,
-        model: Model,
+        model: Model | ConditionedModel,
         scheduler: GraphableScheduler,
         shape: Sequence[int],
         *,
+        extra_inputs: Mapping[str, torch.Tensor] | None = None,
         num_inference_steps: int = 50,
         eta: float = 0.0,
         generator: Generator = None,
@@ -159,10 +210,20 @@ class GraphedSampler:
         shape = tuple(int(s) for s in shape)
         self.plan = SamplingPlan.build(scheduler, shape[0], target)
         self.static_input = torch.randn(shape, device=target, dtype=dtype)
+        self.extra = StaticInputs(extra_inputs, target)
         self.graph = torch.cuda.CUDAGraph()
 
         def loop() -> torch.Tensor:
-            return run_steps(model, scheduler, self.static_input, self.plan, eta, generator, use_clipped_model_output)
+            return run_steps(
+                model,
+                scheduler,
+                self.static_input,
+                self.plan,
+                eta,
+                generator,
+                use_clipped_model_output,
+                self.extra.buffers,
+            )
 
         guard = forbid_syncs if check_syncs else contextlib.nullcontext
         side = torch.cuda.Stream(device=target)
@@ -177,12 +238,13 @@ class GraphedSampler:
         with torch.no_grad(), torch.cuda.graph(self.graph), guard():
             self.static_output = loop()
 
-    def __call__(self, x_T: torch.Tensor) -> torch.Tensor:
-        """x_0 for the initial noise ``x_T`` (same shape as the captured input)."""
+    def __call__(self, x_T: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        """x_0 for the initial noise ``x_T`` (same shape as the captured input) and the extra inputs."""
         if x_T.shape != self.static_input.shape:
             raise ArgumentValueError(
                 f"x_T shape {tuple(x_T.shape)} must equal the captured {tuple(self.static_input.shape)}"
             )
+        self.extra.fill(extra)
         self.static_input.copy_(x_T)
         self.graph.replay()
         return self.static_output.clone()

@@ -89,6 +89,9 @@ class DDIMStepping(PlannedScheduler, ForwardProcess):
     """Timesteps and stepping of a sampling scheduler."""
 
     output_class: Any = DDIMSchedulerOutput
+    #: Where eta > 0 noise comes from: "torch" (drawn as diffusers draws it) or "kernel" (drawn inside
+    #: the fused kernel from per-step seeds; see ddim.kernels.kernel_noise).
+    noise_source: str = "torch"
     #: Whether the plan also holds the parallel scheduler's batched landing (final alpha 1).
     batched_plan: ClassVar[bool] = False
 
@@ -270,9 +273,23 @@ class DDIMStepping(PlannedScheduler, ForwardProcess):
         if renoise_model_output is not None:
             check_renoise(renoise_model_output, sample, use_clipped_model_output)
         rule = plan.rule(self.config, eta, use_clipped_model_output, split=renoise_model_output is not None)
-        noise = step_noise(eta, generator, variance_noise, model_output, sample) if eta > 0 else None
-        coefficients = rule.coefficients(timestep, sample)
-        prev_sample, x0 = rule.apply(sample, model_output, coefficients, noise, renoise_model_output)
+        if eta > 0 and variance_noise is None and self.noise_source != "torch":
+            from ddim.kernels.kernel_noise import kernel_noise_update
+
+            if renoise_model_output is not None:
+                raise ArgumentValueError(
+                    f"noise_source={self.noise_source!r} does not combine with renoise_model_output; "
+                    "use noise_source='torch'"
+                )
+            per_element = isinstance(timestep, torch.Tensor) and timestep.ndim > 1
+            coefficients = rule.coefficients(timestep, sample)
+            prev_sample, x0 = kernel_noise_update(
+                self.noise_source, sample, model_output, per_element, coefficients, rule.transform, generator
+            )
+        else:
+            noise = step_noise(eta, generator, variance_noise, model_output, sample) if eta > 0 else None
+            coefficients = rule.coefficients(timestep, sample)
+            prev_sample, x0 = rule.apply(sample, model_output, coefficients, noise, renoise_model_output)
         if not return_dict:
             return (prev_sample, x0)
         output: DDIMSchedulerOutput = self.output_class(prev_sample=prev_sample, pred_original_sample=x0)

@@ -6,11 +6,17 @@ Per element, in float32 (DDIM paper, eqs. 9, 12 and 16 folded as in :mod:`ddim.c
     x_prev = PREV_X0 x0 + PREV_X x + PREV_M m + STD z
 
 One read of x_t, the model output and (eta > 0) the noise, one write of x_prev and x0, in the input
-dtype. The coefficients come from kernel arguments (host timestep), from (b, 6) rows, or from the
-device table indexed by a device timestep inside the kernel (clamped to [-1, T] and wrapped onto
-the NaN rows, as :class:`ddim.coefficients.DeviceRows` does), so a step is one launch and no sync.
-The grid is (blocks per row, rows): rows are batch rows when coefficients or threshold scales differ
-per row, else the whole tensor is one row.
+dtype. With per-step seeds instead of a noise tensor the noise z is drawn inside the kernel
+(``tl.randn``: Philox4x32-10 keyed by the seed, the element index as counter, Box-Muller), so an
+eta > 0 step reads x_t and the model output once and writes once. The coefficients come from
+kernel arguments (host timestep), from (b, 6) rows, or from the device table indexed by a device
+timestep inside the kernel (clamped to [-1, T] and wrapped onto the NaN rows, as
+:class:`ddim.coefficients.DeviceRows` does), so a step is one launch and no sync. The grid is
+(blocks per row, rows): rows are batch rows when coefficients, threshold scales or seeds differ per
+row, else the whole tensor is one row.
+
+Launches go through :class:`ddim.kernels.direct_launch.DirectLauncher` (the compiled kernel's
+launcher called directly once a binding is verified; Triton's JIT path otherwise).
 
 Runs on CPU tensors under ``TRITON_INTERPRET=1`` (the kernel is built on first use, after the
 environment is read), which is how it is tested without a GPU.
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -28,6 +34,7 @@ import triton.language as tl
 
 from ddim import coefficients as columns
 from ddim.coefficients import DeviceRows, Folded
+from ddim.kernels.direct_launch import DirectLauncher, alignment_bits, int_class
 from ddim.thresholding import X0Transform, threshold_scale
 from ddim.update import columns_of
 from ddim.validation import ArgumentValueError
@@ -42,6 +49,12 @@ COL_PREV_M = tl.constexpr(columns.PREV_M)
 COL_STD = tl.constexpr(columns.STD)
 ROW_WIDTH = tl.constexpr(columns.NUM_COLUMNS)
 
+#: Philox4x32 multipliers and key increments (Salmon et al. 2011; the values of Triton's tl.randn).
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+
 BLOCK = 2048
 NUM_WARPS = 8
 #: CUDA's limit on the second grid dimension (rows with their own coefficients).
@@ -50,11 +63,48 @@ MAX_GRID_ROWS = 65535
 X0_PLAIN, X0_CLIP, X0_THRESHOLD = 0, 1, 2
 #: Where the coefficients come from.
 FROM_ARGS, FROM_ROWS, FROM_TABLE = 0, 1, 2
+#: Where the noise comes from: none (eta = 0), a tensor, or drawn in the kernel from per-step seeds.
+NOISE_NONE, NOISE_TENSOR, NOISE_KERNEL = 0, 1, 2
+#: The table columns in the order of the scalar arguments c0..c5.
+SCALAR_ORDER = (columns.X0_X, columns.X0_M, columns.PREV_X0, columns.PREV_X, columns.PREV_M, columns.STD)
+
+
+def standard_normal_source(seed, counter):  # no annotations: Triton would read them
+    """Triton's ``tl.randn(seed, counter)`` written out (jitted by :func:`kernel`, so it also runs in
+    the interpreter): Philox4x32-10 on (counter lo, counter hi, 0, 0) keyed (seed lo, seed hi), two words to
+    uniforms in [0, 1), the cosine branch of Box-Muller."""
+    c0 = counter.to(tl.uint32)
+    c1 = (counter >> 32).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    key = seed.to(tl.uint64)
+    k0 = (key & 0xFFFFFFFF).to(tl.uint32)
+    k1 = ((key >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    for _ in tl.static_range(10):
+        p0, p2 = c0, c2
+        c0 = tl.umulhi(PHILOX_M1, p2) ^ c1 ^ k0
+        c2 = tl.umulhi(PHILOX_M0, p0) ^ c3 ^ k1
+        c1 = tl.mul(PHILOX_M1, p2, sanitize_overflow=False)
+        c3 = tl.mul(PHILOX_M0, p0, sanitize_overflow=False)
+        k0 = tl.add(k0, PHILOX_W0, sanitize_overflow=False)
+        k1 = tl.add(k1, PHILOX_W1, sanitize_overflow=False)
+    i1 = c0.to(tl.int32, bitcast=True)
+    i2 = c1.to(tl.int32, bitcast=True)
+    u1 = tl.where(i1 < 0, ~i1, i1) * 4.6566127342e-10
+    u2 = tl.where(i2 < 0, ~i2, i2) * 4.6566127342e-10
+    u1 = tl.maximum(1.0e-7, u1)
+    return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+
+
+standard_normal: Any = None  #: standard_normal_source jitted by kernel()
 
 
 @functools.cache
 def kernel() -> Any:
     """The jitted kernel, built on first use (so ``TRITON_INTERPRET`` is read when it is needed)."""
+
+    global standard_normal  # a module global: the interpreter resolves callees there, not in closures
+    standard_normal = triton.jit(standard_normal_source)
 
     @triton.jit
     def ddim_step_kernel(
@@ -66,6 +116,7 @@ def kernel() -> Any:
         coef_ptr,
         index_ptr,
         scale_ptr,
+        seed_ptr,
         c0,
         c1,
         c2,
@@ -77,9 +128,11 @@ def kernel() -> Any:
         coef_row_stride,
         index_row_stride,
         table_rows,
+        seed_row_stride,
+        counter_row_stride,
         COEF_SOURCE: tl.constexpr,
         X0_MODE: tl.constexpr,
-        HAS_NOISE: tl.constexpr,
+        NOISE: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(1).to(tl.int64)
@@ -110,13 +163,46 @@ def kernel() -> Any:
             s = tl.load(scale_ptr + row).to(tl.float32)
             x0 = tl.minimum(tl.maximum(x0, -s), s) / s
         prev = prev_x0 * x0 + prev_x * x + prev_m * m
-        if HAS_NOISE:
+        if NOISE == 1:
             z = tl.load(z_ptr + at, mask=mask).to(tl.float32)
             prev = prev + std * z
+        if NOISE == 2:  # counter-based: Philox4x32-10 keyed by the seed, counter = element index
+            seed = tl.load(seed_ptr + row * seed_row_stride)
+            prev = prev + std * standard_normal(seed, row * counter_row_stride + offsets)
         tl.store(prev_ptr + at, prev.to(prev_ptr.dtype.element_ty), mask=mask)
         tl.store(x0_ptr + at, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
     return ddim_step_kernel
+
+
+#: The kernel's compile-time parameters, in order (they end its parameter list).
+CONSTEXPRS = ("COEF_SOURCE", "X0_MODE", "NOISE", "BLOCK")
+#: Positions of the outputs (prev_ptr, x0_ptr) among the kernel's arguments.
+OUTPUTS = (3, 4)
+
+
+LAUNCHERS: dict[int, DirectLauncher] = {}
+
+
+def launcher() -> DirectLauncher:
+    """The checked direct launcher of the current :func:`kernel` (rebuilt with it; see
+    :mod:`ddim.kernels.direct_launch`)."""
+    jitted = kernel()
+    found = LAUNCHERS.get(id(jitted))
+    if found is None or found.jitted is not jitted:
+        LAUNCHERS.clear()
+        found = LAUNCHERS[id(jitted)] = DirectLauncher(jitted, CONSTEXPRS)
+    return found
+
+
+class Launch(NamedTuple):
+    """One prepared launch: the outputs, the binding key, the grid and every kernel argument in order."""
+
+    prev: torch.Tensor
+    x0: torch.Tensor
+    key: tuple[Any, ...]
+    grid: tuple[int, int, int]
+    arguments: tuple[Any, ...]
 
 
 def fused_update(
@@ -125,18 +211,53 @@ def fused_update(
     coefficients: Folded,
     transform: X0Transform,
     noise: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(prev_sample, pred_original_sample)`` of one DDIM step in one kernel launch; see the module doc."""
+    """``(prev_sample, pred_original_sample)`` of one DDIM step in one kernel launch; see the module doc.
+
+    ``seeds`` (int64, one value, or one per batch row; on the sample's device) draws the noise inside
+    the kernel instead of reading ``noise`` (see :mod:`ddim.kernels.kernel_noise`).
+    """
+    launch = prepare_launch(sample, model_output, coefficients, transform, noise, seeds)
+    if launch.grid[0] > 0:
+        launcher().launch(launch.key, launch.grid, launch.arguments, OUTPUTS, NUM_WARPS)
+    return launch.prev, launch.x0  # empty_like(x): already shaped like sample
+
+
+def prepare_launch(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    coefficients: Folded,
+    transform: X0Transform,
+    noise: torch.Tensor | None = None,
+    seeds: torch.Tensor | None = None,
+) -> Launch:
+    """The outputs (allocated), key, grid and arguments of :func:`fused_update`'s launch (grid (0, 0, 0): nothing
+    to launch)."""
     batch = sample.shape[0] if sample.ndim else 1
     x, m = sample.contiguous(), model_output.contiguous()
-    z = noise.contiguous() if noise is not None else x
+    noise_mode, z, seed = NOISE_NONE, x, x
+    seed_stride = 0
+    per_row = False
+    if noise is not None:
+        if seeds is not None:
+            raise ArgumentValueError("pass noise or seeds to fused_update, not both")
+        noise_mode, z = NOISE_TENSOR, noise.contiguous()
+    elif seeds is not None:
+        noise_mode, seed = NOISE_KERNEL, seeds.reshape(-1)
+        if seed.dtype != torch.int64 or seed.numel() not in (1, batch) or seed.device != x.device:
+            raise ArgumentValueError(
+                f"seeds must be int64 on {x.device} with 1 or {batch} values, got {seed.dtype} with "
+                f"{seed.numel()} values on {seed.device}"
+            )
+        if seed.numel() > 1:
+            per_row, seed_stride = True, 1
     prev, x0 = torch.empty_like(x), torch.empty_like(x)
     if x.numel() == 0:
-        return prev, x0
+        return Launch(prev, x0, (), (0, 0, 0), ())
     scalars: Sequence[float] = (0.0,) * NUM_COLUMNS
     coef_ptr, index_ptr, scale_ptr = x, x, x
     coef_stride = index_stride = table_rows = 0
-    per_row = False
     if isinstance(coefficients, DeviceRows) and coefficients.index is not None:
         source, coef_ptr = FROM_TABLE, coefficients.table
         index_ptr = coefficients.index.reshape(-1)
@@ -149,9 +270,7 @@ def fused_update(
         if rows.shape[0] > 1:
             per_row, coef_stride = True, NUM_COLUMNS
     else:  # six numbers, passed as c0..c5 = X0_X, X0_M, PREV_X0, PREV_X, PREV_M, STD
-        values = [float(c) for c in coefficients]
-        names = (columns.X0_X, columns.X0_M, columns.PREV_X0, columns.PREV_X, columns.PREV_M, columns.STD)
-        source, scalars = FROM_ARGS, [values[i] for i in names]
+        source, scalars = FROM_ARGS, [float(coefficients[i]) for i in SCALAR_ORDER]
     mode, clip = X0_PLAIN, 0.0
     if transform.threshold_ratio is not None:
         raw = coefficient_x0(x, m, coefficients)
@@ -165,8 +284,8 @@ def fused_update(
             f"batch size {batch} exceeds {MAX_GRID_ROWS} rows of per-row coefficients or thresholds"
         )
     row_numel = x.numel() // rows_count
-    grid = (triton.cdiv(row_numel, BLOCK), rows_count)
-    kernel()[grid](
+    counter_stride = 0 if seed_stride else row_numel  # one seed: the counter runs over the whole tensor
+    arguments = (
         x,
         m,
         z,
@@ -175,19 +294,37 @@ def fused_update(
         coef_ptr,
         index_ptr,
         scale_ptr,
+        seed,
         *scalars,
         clip,
         row_numel,
         coef_stride,
         index_stride,
         table_rows,
-        COEF_SOURCE=source,
-        X0_MODE=mode,
-        HAS_NOISE=noise is not None,
-        BLOCK=BLOCK,
-        num_warps=NUM_WARPS,
+        seed_stride,
+        counter_stride,
+        source,
+        mode,
+        noise_mode,
+        BLOCK,
     )
-    return prev, x0  # empty_like(x): already shaped like sample
+    # The key fixes every argument's Triton specialisation. prev and x0 are fresh allocations (the
+    # CUDA caching allocator starts blocks 512-byte aligned), so their alignment is not read.
+    inputs = (x, m, z, coef_ptr, index_ptr, scale_ptr, seed)
+    key = (
+        (x.dtype, m.dtype, z.dtype, coef_ptr.dtype, index_ptr.dtype, scale_ptr.dtype, seed.dtype),
+        alignment_bits(inputs),
+        int_class(row_numel),
+        int_class(counter_stride),
+        coef_stride,
+        index_stride,
+        table_rows,
+        seed_stride,
+        source,
+        mode,
+        noise_mode,
+    )
+    return Launch(prev, x0, key, ((row_numel + BLOCK - 1) // BLOCK, rows_count, 1), arguments)
 
 
 def coefficient_x0(x: torch.Tensor, m: torch.Tensor, coefficients: Folded) -> torch.Tensor:
