@@ -6,7 +6,7 @@ Two parts, 5 seeds each, on the shipped zero-SNR v-prediction model (trailing gr
   recipe evaluation's tooling (class accuracy, per-class digits-FID; ``ddim.app.recipe_evaluation.measure``),
   from the same x_T per seed as the CFG cells of ``docs/eval/recipe/recipe_sweep.json`` (s = 1.5, 3, 5,
   phi = 0), which are read from that file;
-- ``inversion``: plain DDIM inversion (``ddim.invert``, S = 50) of 100 held-out digits per seed (10 of each
+- ``inversion``: plain DDIM inversion (``ddim.invert``, S = 50) of 50 held-out digits per seed (5 of each
   digit) under CFG at s and CFG++ at lambda, sampled back with the same guidance; the round-trip error is
   the RMS pixel error against the inverted digits.
 
@@ -33,7 +33,7 @@ from ddim.app.recipe_evaluation import balanced_digits, measure
 SEEDS = (0, 1, 2, 3, 4)
 LAMBDAS = (0.2, 0.4, 0.6, 0.8, 1.0)
 CFG_SCALES = (1.5, 3.0, 5.0)
-INVERSION_PER_DIGIT = 10
+INVERSION_PER_DIGIT = 5
 STEPS = 50
 
 
@@ -140,6 +140,12 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["sweep", "inversion"], choices=["sweep", "inversion", "report"])
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     parser.add_argument("--seeds", type=int, default=len(SEEDS))
+    parser.add_argument(
+        "--inversions",
+        nargs="+",
+        default=["cfg:1.5", "cfg++:0.2", "cfg:3", "cfg++:0.6"],
+        help="guidance:scale settings of the inversion part (CFG at s and CFG++ at a lambda of equal accuracy)",
+    )
     parser.add_argument("--per-digit", type=int, default=50)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -149,11 +155,14 @@ def main() -> None:
         text = json.dumps({"seeds": seeds, "per_digit": args.per_digit, "cells": cells}, indent=1)
         (args.out / "cfg_pp_sweep.json").write_text(text + "\n")
     if "inversion" in args.parts:
-        cells = [
-            {"guidance": kind, "scale": scale, "per_seed": round_trip_error(kind, scale, seeds)}
-            for kind, scale in [("cfg", s) for s in CFG_SCALES] + [("cfg++", lam) for lam in args.lambdas]
-        ]
-        (args.out / "cfg_pp_inversion.json").write_text(json.dumps({"seeds": seeds, "cells": cells}, indent=1) + "\n")
+        cells = []
+        for setting in args.inversions:
+            kind, scale = setting.split(":")
+            cells.append(
+                {"guidance": kind, "scale": float(scale), "per_seed": round_trip_error(kind, float(scale), seeds)}
+            )
+            text = json.dumps({"seeds": seeds, "per_digit": INVERSION_PER_DIGIT, "cells": cells}, indent=1)
+            (args.out / "cfg_pp_inversion.json").write_text(text + "\n")  # after each setting
     (args.out / "cfg_pp.md").write_text(report(args.out) + "\n")
     print((args.out / "cfg_pp.md").read_text())
 
