@@ -9,6 +9,7 @@ and this package. No diffusers import is needed.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import inspect
 import json
 import os
@@ -27,6 +28,16 @@ from ddim.validation import ArgumentTypeError, ArgumentValueError, RefusesItemCh
 CONFIG_NAME = "scheduler_config.json"
 #: The diffusers release whose behaviour and file format this package reproduces.
 DIFFUSERS_COMPAT_VERSION = "0.42.1"
+
+
+def written_diffusers_version() -> str:
+    """The ``_diffusers_version`` a saved config records: the installed diffusers' version (as diffusers'
+    own classes write it), else :data:`DIFFUSERS_COMPAT_VERSION`. Reads package metadata only: diffusers
+    is not imported."""
+    try:
+        return importlib.metadata.version("diffusers")
+    except importlib.metadata.PackageNotFoundError:
+        return DIFFUSERS_COMPAT_VERSION
 
 
 class FrozenConfig(RefusesItemChanges, OrderedDict):  # type: ignore[type-arg,unused-ignore]
@@ -105,6 +116,7 @@ def warn_ignored_keys(keys: list[str], class_name: str, stacklevel: int) -> None
 
 S = TypeVar("S", bound="ConfigMixin")
 F = TypeVar("F", bound=Callable[..., None])
+M = TypeVar("M", bound=Mapping[str, Any])
 
 
 def records_config(init: F) -> F:
@@ -121,19 +133,52 @@ def records_config(init: F) -> F:
         passed = set(bound.arguments) - {"self"}
         bound.apply_defaults()
         values = {k: v for k, v in bound.arguments.items() if k not in ("self", "kwargs")}
-        # diffusers' expression (a set difference listed), so both classes list the keys in the same order;
-        # our extra options are not listed: diffusers' files never hold them, and only our classes take them
-        defaults = [k for k in list(set(values) - passed) if k not in type(self).extra_options]
+        defaults = list(set(values) - passed)
         self.register_to_config(**values, **({"_use_default_values": defaults} if defaults else {}))
         init(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
+def is_default_option(key: str, value: Any, extra_options: Mapping[str, Any]) -> bool:
+    """Whether ``key`` is one of our ``extra_options`` (options diffusers lacks) and ``value`` its default."""
+    if key not in extra_options:
+        return False
+    default = extra_options[key]
+    return type(value) is type(default) and bool(value == default)
+
+
+def without_default_options(
+    config: Mapping[str, Any], init_keys: list[str], extra_options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``config`` without our ``extra_options`` at their defaults, and ``_use_default_values`` without any
+    of them, listed as diffusers' class of the same name lists it (its set difference over the other
+    ``init_keys``), so that diffusers' classes take the config without an "unexpected attributes" warning
+    and configs compare equal after round trips through diffusers' classes."""
+    kept = {k: v for k, v in config.items() if not is_default_option(k, v, extra_options)}
+    listed = kept.pop("_use_default_values", None)
+    if listed:
+        keys = [k for k in init_keys if k not in extra_options]
+        used = set(listed) - set(extra_options)
+        ordered = list(set(keys) - (set(keys) - used)) + [k for k in listed if k in used and k not in keys]
+        if ordered:
+            kept["_use_default_values"] = ordered
+    return kept
+
+
+def hide_default_options(config: M, extra_options: Mapping[str, Any]) -> M:
+    """Make ``config.<option>`` read an absent option's default (attribute access only: the mapping itself,
+    its keys, JSON and comparisons, holds no option at its default). Returns ``config``."""
+    for key, default in extra_options.items():
+        if key not in config:
+            object.__setattr__(config, key, default)
+    return config
+
+
 def config_json(data: Mapping[str, Any], extra_options: Mapping[str, Any]) -> str:
     """``data`` as a ``scheduler_config.json`` text (diffusers' format), without the ``extra_options``
     (options diffusers lacks, with their defaults) whose value is their default."""
-    kept = {k: v for k, v in data.items() if not (k in extra_options and v == extra_options[k])}
+    kept = {k: v for k, v in data.items() if not is_default_option(k, v, extra_options)}
     return json.dumps(kept, indent=2, sort_keys=True) + "\n"
 
 
@@ -153,11 +198,15 @@ class ConfigMixin:
         return self._internal_dict
 
     def register_to_config(self, **kwargs: Any) -> None:
-        """Add or replace config entries (a new frozen mapping replaces the old one)."""
+        """Add or replace config entries (a new frozen mapping replaces the old one); our options at their
+        defaults are left out (``config.<option>`` still reads them), see :func:`without_default_options`."""
         current = self.__dict__.get("_internal_dict", {})
         merged = dict(current)
         merged.update(kwargs)
-        self._internal_dict = FrozenConfig(merged)
+        extra = type(self).extra_options
+        self._internal_dict = hide_default_options(
+            FrozenConfig(without_default_options(merged, type(self).init_keys(), extra)), extra
+        )
 
     def __getattr__(self, name: str) -> Any:
         config = self.__dict__.get("_internal_dict")
@@ -232,10 +281,11 @@ class ConfigMixin:
         return instance
 
     def to_json_string(self) -> str:
-        """The config as diffusers writes it: sorted keys, ``_class_name`` and ``_diffusers_version`` (also
-        recorded in ``config``, as diffusers does); options of ours that diffusers lacks only when not at
-        their defaults, so diffusers' class loads the file without a warning."""
-        self.register_to_config(_class_name=type(self).__name__, _diffusers_version=DIFFUSERS_COMPAT_VERSION)
+        """The config as diffusers writes it: sorted keys, ``_class_name`` and ``_diffusers_version`` (the
+        installed diffusers', else the compatible release; also recorded in ``config``, as diffusers does);
+        options of ours that diffusers lacks only when not at their defaults, so diffusers' class loads the
+        file without a warning."""
+        self.register_to_config(_class_name=type(self).__name__, _diffusers_version=written_diffusers_version())
         data = {k: json_value(v) for k, v in self.config.items() if k not in ("_use_default_values", "_ignore_files")}
         return config_json(data, type(self).extra_options)
 

@@ -39,7 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from ddim import inverse_scheduler, parallel_scheduler, scheduler
-from ddim.config import ConfigMixin, config_json
+from ddim.config import ConfigMixin, config_json, hide_default_options, without_default_options
 from ddim.inverse_scheduler import InverseStepping
 from ddim.parallel_scheduler import ParallelStepping
 from ddim.stepping import DDIMStepping
@@ -72,27 +72,31 @@ def core_constructor(core: type[ConfigMixin]) -> Callable[..., None]:
         vars(self).update(state, init_noise_sigma=built.init_noise_sigma)
         if "set_alpha_to_zero" in kwargs:  # the inverse's deprecated alias: record what it set
             self.register_to_config(set_alpha_to_one=built.config["set_alpha_to_one"])
-        # as in the stand-alone class, our extra options are never listed as "defaults used"
-        config = dict(self.config)
-        used = [k for k in config.pop("_use_default_values", []) if k not in core.extra_options]
-        self._internal_dict = type(self.config)({**config, **({"_use_default_values": used} if used else {})})
 
     constructor = next(vars(cls)["__init__"] for cls in core.__mro__ if "__init__" in vars(cls))
     setattr(build, "__signature__", inspect.signature(constructor))  # noqa: B010
     return build
 
 
-class SavesOwnOptionsOnlyWhenSet:
-    """``scheduler_config.json`` without our extra options at their defaults, so that diffusers' own
-    class loads it without an "unexpected config attributes" warning."""
+class OwnOptionsOnlyWhenSet:
+    """A config without our extra options at their defaults, in memory and in ``scheduler_config.json``
+    (``config.<option>`` still reads the default), so that diffusers' classes take it without an
+    "unexpected config attributes" warning; ``_use_default_values`` lists what diffusers' class would."""
 
     extra_options: dict[str, Any] = {}
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        super().register_to_config(**kwargs)  # type: ignore[misc]
+        keys = [name for name in inspect.signature(type(self).__init__).parameters if name not in ("self", "kwargs")]
+        config = self.config  # type: ignore[attr-defined]
+        cleaned = type(config)(without_default_options(config, keys, self.extra_options))
+        self._internal_dict = hide_default_options(cleaned, self.extra_options)
 
     def to_json_string(self) -> str:
         return config_json(json.loads(super().to_json_string()), self.extra_options)  # type: ignore[misc]
 
 
-class DDIMScheduler(SavesOwnOptionsOnlyWhenSet, DDIMStepping, diffusers.DDIMScheduler):
+class DDIMScheduler(OwnOptionsOnlyWhenSet, DDIMStepping, diffusers.DDIMScheduler):
     """A ``diffusers.DDIMScheduler`` whose schedule and stepping are :mod:`ddim`'s.
 
     Same constructor (every argument of :class:`ddim.DDIMScheduler`), config, file format and numbers
@@ -104,16 +108,17 @@ class DDIMScheduler(SavesOwnOptionsOnlyWhenSet, DDIMStepping, diffusers.DDIMSche
     __init__ = register_to_config(core_constructor(scheduler.DDIMScheduler))
 
 
-class DDIMInverseScheduler(InverseStepping, diffusers.DDIMInverseScheduler):
+class DDIMInverseScheduler(OwnOptionsOnlyWhenSet, InverseStepping, diffusers.DDIMInverseScheduler):
     """A ``diffusers.DDIMInverseScheduler`` running on :class:`ddim.DDIMInverseScheduler`'s core (same
     constructor, config and numbers); ``step`` returns diffusers' ``DDIMSchedulerOutput``."""
 
     output_class = DDIMSchedulerOutput
+    extra_options = inverse_scheduler.DDIMInverseScheduler.extra_options
     _compatibles = inverse_scheduler.DDIMInverseScheduler._compatibles  # diffusers' own lists none
     __init__ = register_to_config(core_constructor(inverse_scheduler.DDIMInverseScheduler))
 
 
-class DDIMParallelScheduler(SavesOwnOptionsOnlyWhenSet, ParallelStepping, diffusers.DDIMParallelScheduler):
+class DDIMParallelScheduler(OwnOptionsOnlyWhenSet, ParallelStepping, diffusers.DDIMParallelScheduler):
     """A ``diffusers.DDIMParallelScheduler`` running on :class:`ddim.DDIMParallelScheduler`'s core (same
     constructor, config and numbers); ``step`` returns diffusers' ``DDIMParallelSchedulerOutput``."""
 

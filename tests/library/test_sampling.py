@@ -341,3 +341,14 @@ def test_readme_examples_run() -> None:
     namespace: dict[str, object] = {}
     for block in blocks:  # blocks share one namespace, as when read top to bottom
         exec(compile(block, str(README), "exec"), namespace)
+
+
+def test_readme_quickstart_runs_as_pasted() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("<!-- example:quickstart -->") :]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
+    namespace: dict[str, object] = {}  # nothing defined beforehand: the block must bring its own model
+    exec(compile(block, str(README), "exec"), namespace)
+    loop, whole = namespace["x"], namespace["x0"]
+    assert isinstance(loop, torch.Tensor) and isinstance(whole, torch.Tensor)
+    assert loop.shape == whole.shape == (1, 3, 32, 32) and bool(torch.isfinite(loop).all())
