@@ -83,7 +83,7 @@ def verify_shards(out_dir: str | os.PathLike[str]) -> VerifyReport:
 
 
 def load_samples(out_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """All samples of a verified directory in index order: arrays ``indices``, ``seeds``, ``samples``.
+    """All samples of a verified directory in index order: arrays ``indices``, ``seeds``, ``samples`` (and ``labels``).
 
     Raises :class:`ShardError` (with the report) if any shard is missing or corrupt, or a file is stray.
     The arrays are those of the bytes that were verified.
@@ -91,9 +91,12 @@ def load_samples(out_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     report, parts = _inspect(Path(out_dir), keep=True)
     if not report.ok:
         raise ShardError(report.describe().replace("\n", "; "))
-    merged = {
-        name: np.concatenate([parts[s][name] for s in report.complete]) for name in ("indices", "seeds", "samples")
-    }
+    names = (
+        ("indices", "seeds", "samples", "labels")
+        if "labels" in parts[report.complete[0]]
+        else ("indices", "seeds", "samples")
+    )
+    merged = {name: np.concatenate([parts[s][name] for s in report.complete]) for name in names}
     if not np.array_equal(merged["indices"], np.arange(report.num_samples)):
         raise ShardError(f"{report.out_dir}: the shards do not hold each index 0..{report.num_samples - 1} once")
     return merged
