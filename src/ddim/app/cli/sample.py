@@ -2,7 +2,8 @@
 
 Generate samples with DDIM and write an upscaled PNG grid. With --digit, chosen digits from the embedded
 class-conditional model (v-prediction, zero terminal SNR, trailing grid) with classifier-free guidance:
--n samples per digit, one row per digit (a single digit: a square grid).
+-n samples per digit, one row per digit (a single digit: a square grid). With --out-dir, -n samples into
+resumable shards (with --digit: the digits in turn, or 'random' for a random digit per sample).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from ddim.app.cli.sharded import add_sharded_options, run_sharded
 from ddim.app.digits.conditional import (
     DEFAULT_GUIDANCE_RESCALE,
     DEFAULT_GUIDANCE_SCALE,
+    NULL_LABEL,
     NUM_DIGITS,
+    NUM_LABELS,
     sample_digits,
 )
 from ddim.app.seeding import row_generators
+from ddim.app.shards.conditioning import GUIDANCE_KINDS, Conditioning
 from ddim.sampling import sample
 from ddim.scheduler import DDIMScheduler
 
@@ -55,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=digit_arg,
         default=None,
         metavar="D",
-        help="digits 0-9 to draw, or 'all' (0..9): one row per digit",
+        help="digits 0-9 to draw, or 'all' (0..9): one row per digit; with --out-dir sample i gets the "
+        f"(i mod k)-th of the k digits, or with '{RANDOM_DIGIT}' a uniform random digit drawn from its seed",
     )
     group.add_argument(
         "--guidance-scale",
@@ -70,25 +75,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"guidance rescale phi in [0, 1] (arXiv 2305.08891; default: {DEFAULT_GUIDANCE_RESCALE:g}; needs --digit)",
     )
+    group.add_argument(
+        "--guidance-kind",
+        choices=GUIDANCE_KINDS,
+        default=None,
+        help=f"guidance method (default: {GUIDANCE_KINDS[0]}: classifier-free guidance with rescale; needs --digit)",
+    )
 
 
-def digit_arg(text: str) -> tuple[int, ...]:
-    """argparse type of one --digit value: a digit 0..9, or ``all`` (every digit)."""
+#: The --digit value that gives every sample of an --out-dir run a random digit (the "uniform" label rule).
+RANDOM_DIGIT = "random"
+
+
+def digit_arg(text: str) -> tuple[int, ...] | str:
+    """argparse type of one --digit value: a digit 0..9, ``all`` (every digit) or ``random``."""
     if text == "all":
         return tuple(range(NUM_DIGITS))
+    if text == RANDOM_DIGIT:
+        return RANDOM_DIGIT
     return (common.parse_int_in(text, 0, NUM_DIGITS - 1),)
 
 
 def conditional_digits(args: argparse.Namespace) -> list[int] | None:
     """The digits asked for (``None`` without --digit), after checking the options that need --digit."""
     if args.digit is None:
-        for flag, value in (("--guidance-scale", args.guidance_scale), ("--guidance-rescale", args.guidance_rescale)):
+        for flag, value in (
+            ("--guidance-scale", args.guidance_scale),
+            ("--guidance-rescale", args.guidance_rescale),
+            ("--guidance-kind", args.guidance_kind),
+        ):
             if value is not None:
                 raise common.UsageError(f"{flag} needs --digit (the unconditional model has no guidance)")
         return None
-    if args.out_dir is not None:
-        raise common.UsageError("--digit writes a PNG grid; it cannot be combined with --out-dir")
+    if RANDOM_DIGIT in args.digit:
+        if len(args.digit) > 1:
+            raise common.UsageError(f"--digit {RANDOM_DIGIT} draws a digit per sample; give it alone")
+        if args.out_dir is None:
+            raise common.UsageError(f"--digit {RANDOM_DIGIT} needs --out-dir (a grid has one row per chosen digit)")
+        return list(range(NUM_DIGITS))
     return [digit for values in args.digit for digit in values]
+
+
+def shard_conditioning(args: argparse.Namespace, digits: list[int]) -> Conditioning:
+    """The conditioning of an --out-dir run with --digit: the digits in turn, or uniform with ``random``."""
+    return Conditioning(
+        tuple(digits),
+        "uniform" if args.digit == [RANDOM_DIGIT] else "cycle",
+        NUM_LABELS,
+        NULL_LABEL,
+        DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale,
+        DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale,
+        args.guidance_kind or GUIDANCE_KINDS[0],
+    )
 
 
 def generate_samples(
@@ -158,11 +196,12 @@ def load_for_grid(args: argparse.Namespace, conditional: bool) -> tuple[common.L
 def run(args: argparse.Namespace) -> int:
     common.check_device(args.device)
     digits = conditional_digits(args)
+    if args.out_dir is not None:
+        args.num_samples = args.num_samples or DEFAULT_COUNT
+        return run_sharded(args, shard_conditioning(args, digits) if digits is not None else None)
     if digits is not None:
         return run_conditional(args, digits)
     args.num_samples = args.num_samples or DEFAULT_COUNT
-    if args.out_dir is not None:
-        return run_sharded(args)
     common.check_output_path(args.output)
     with common.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=False)

@@ -43,6 +43,7 @@ class DigitsFeatures:
             "features": FEATURES_NAME,
             "classifier_sha256": self.classifier_sha256,
             "micro_batch": FEATURE_MICRO_BATCH,
+            "feature_dim": FEATURE_DIM,
         }
 
     @torch.no_grad()
