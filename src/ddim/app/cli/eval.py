@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ddim.app import evaluation
-from ddim.app.cli import common, eval_recipe
+from ddim.app.cli import common, eval_recipe, eval_shards
 from ddim.app.digits.fid import DigitsFID
 from ddim.app.seeding import SEED_LIMIT
 from ddim.progress import Progress
@@ -119,11 +119,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"an existing output folder (default: ./{DEFAULT_OUT_DIR}, created when missing)",
     )
+    parser.add_argument(
+        "--from-shards",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="instead: digits-FID (overall and per digit) of a `ddim sample --out-dir DIR --fid-stats` run, from its "
+        "shards' feature statistics (no sample is loaded)",
+    )
     common.add_model_options(parser)
     eval_recipe.add_recipe_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_shards is not None:
+        return eval_shards.run_from_shards(args)
     if args.recipe:
         return eval_recipe.run_recipe(args, Path(DEFAULT_OUT_DIR))
     for flag in eval_recipe.RECIPE_ONLY:

@@ -10,6 +10,8 @@ the training digits' (per digit: to the training digits of that digit).
 from __future__ import annotations
 
 import hashlib
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from ddim.app.digits.classifier import FEATURE_DIM, DigitsClassifier, load_classifier
 from ddim.app.digits.data import DigitsSplit, load_digits_split
 from ddim.app.digits.fid import FeatureStatistics, feature_statistics, frechet_distance
+from ddim.app.shards.merged_statistics import merge_statistics
 from ddim.app.shards.statistics import SufficientStatistics
 from ddim.validation import ArgumentValueError
 
@@ -81,3 +84,34 @@ class DigitsReference:
             raise ArgumentValueError(f"digit={digit!r} has no training digits; allowed {sorted(self.per_digit)}")
         generated = FeatureStatistics(statistics.mean, statistics.covariance, statistics.count)
         return frechet_distance(generated, reference)
+
+
+@dataclass(frozen=True)
+class ShardFID:
+    """digits-FID of a shard directory from its statistics: overall, and per digit (digits with >= 2 samples)."""
+
+    num_samples: int
+    num_shards: int
+    fid: float
+    per_digit: dict[int, tuple[int, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "num_samples": self.num_samples,
+            "num_shards": self.num_shards,
+            "fid": self.fid,
+            "per_digit": {str(d): {"count": n, "fid": f} for d, (n, f) in sorted(self.per_digit.items())},
+        }
+
+
+def fid_from_shards(out_dir: str | os.PathLike[str], reference: DigitsReference | None = None) -> ShardFID:
+    """digits-FID of every sample of a shard directory written with feature statistics, without loading a sample
+    (:func:`ddim.app.shards.merged_statistics.merge_statistics`); per digit against that digit's training digits."""
+    merged = merge_statistics(out_dir)
+    reference = reference if reference is not None else DigitsReference()
+    per_digit = {
+        digit: (part.count, reference.fid(part, digit))
+        for digit, part in sorted(merged.per_label.items())
+        if part.count >= 2 and digit in reference.per_digit
+    }
+    return ShardFID(merged.overall.count, merged.num_shards, reference.fid(merged.overall), per_digit)
