@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +154,31 @@ def test_eval_from_shards_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "without feature statistics (rerun with --fid-stats)" in capsys.readouterr().err
     assert main("eval", "--from-shards", str(tmp_path / "plain"), "--quick") == 2
     assert "--quick configures sampling" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_conditional_scale_out_example_runs_at_a_small_n(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start, stop = (
+        readme.index("<!-- example:conditional-scale-out"),
+        readme.index("<!-- /example:conditional-scale-out"),
+    )
+    block = re.findall(r"```bash\n(.*?)```", readme[start:stop], flags=re.DOTALL)[0]
+    lines = [line.split("#")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = []
+    for line in filter(None, lines):
+        words = shlex.split(
+            line.replace("--num-samples 50000", "--num-samples 128 --shard-size 64").replace("--steps 20", "--steps 2")
+        )
+        words = [w for w in words if not w.startswith("OMP_NUM_THREADS=")]
+        launcher = {"torchrun": ["-m", "torch.distributed.run"], "ddim": ["-m", "ddim"]}[words[0]]
+        done = subprocess.run(
+            [sys.executable, *launcher, *words[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert "on 2 processes" in outputs[0]
+    assert "digits-FID" in outputs[1] and "128 samples, 2 shards" in outputs[1]
+    with np.load(tmp_path / "digits50k_adm.npz", allow_pickle=False) as archive:
+        assert archive["arr_0"].shape == (128, 8, 8, 1) and archive["arr_1"].shape == (128,)
