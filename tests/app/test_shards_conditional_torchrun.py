@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_shards import make_scheduler, shard_digests
 from test_shards_conditional import COND_SETTINGS, conditioning, make_conditional_model, run_conditional
+from test_shards_torchrun import torchrun as shards_torchrun
 
 from ddim.app.shards import generate_shards, load_samples, shard_file, verify_shards
 
@@ -40,12 +41,7 @@ def worker(out_dir: str, num_samples: str, batch_size: str, delay: str, pid_dir:
 
 
 def torchrun(tmp_path: Path, out: Path, num_samples: int, batch_size: int, delay: float = 0.0) -> subprocess.Popen[str]:
-    pid_dir = tmp_path / "pids"
-    pid_dir.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
-    command += [str(out), str(num_samples), str(batch_size), str(delay), str(pid_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return shards_torchrun(tmp_path, out, num_samples, batch_size, delay, worker_script=__file__)
 
 
 def test_two_processes_write_exactly_the_conditional_shards_of_one_process(tmp_path: Path) -> None:
