@@ -75,7 +75,11 @@ def run_conditional(out_dir: Path, **overrides: Any) -> Any:
         "conditioning": conditioning(),
         **overrides,
     }
-    return generate_shards(make_conditional_model(), make_scheduler(), out_dir, **options)
+    model = options.pop("model", None) or make_conditional_model()
+    if options["conditioning"] is None:  # an unconditional model from the conditional one: the null label
+        conditional = model
+        model = lambda x, t: conditional(x, t, torch.full((x.shape[0],), NULL_LABEL))  # noqa: E731
+    return generate_shards(model, make_scheduler(), out_dir, **options)
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +274,32 @@ def test_fid_from_shards_needs_statistics(tmp_path: Path) -> None:
         fid_from_shards(tmp_path / "out")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"label_rule": "sorted"},
+        {"classes": [3, "7"]},
+        {"guidance_scale": -2.0},
+        {"null_label": 99},
+        {"label_rule_text": "anything"},
+    ],
+)
+def test_a_damaged_conditioning_in_the_manifest_is_named(tmp_path: Path, change: dict[str, Any]) -> None:
+    run_conditional(tmp_path / "out", num_samples=8, shard_size=8)
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    manifest["config"]["conditioning"].update(change)
+    (tmp_path / "out" / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match=r"manifest\.json is damaged: config\.conditioning is not well formed"):
+        verify_shards(tmp_path / "out")
+
+
 # --------------------------------------------------------------------------- FID from merged statistics
+def test_an_unconditional_run_with_statistics_has_an_overall_fid_only(tmp_path: Path, features: DigitsFeatures) -> None:
+    run_conditional(tmp_path / "out", num_samples=8, shard_size=8, conditioning=None, model=None, fid_features=features)
+    result = fid_from_shards(tmp_path / "out")
+    assert result.per_digit == {} and result.num_samples == 8 and result.fid > 0
+
+
 def test_sufficient_statistics_give_numpys_mean_and_covariance() -> None:
     values = np.random.default_rng(0).normal(3.0, 2.0, size=(50, 4))
     halves = [SufficientStatistics(len(v), v.sum(0), v.T @ v) for v in (values[:20], values[20:])]
