@@ -78,6 +78,13 @@ def test_cli_digit_errors_exit_2_with_one_line(
     assert not (tmp_path / "out").exists()
 
 
+def test_merge_npz_carries_the_labels(digits_run: Path, tmp_path: Path) -> None:
+    assert main("merge", str(digits_run), "-o", str(tmp_path / "all.npz")) == 0
+    with np.load(tmp_path / "all.npz", allow_pickle=False) as archive:
+        assert sorted(archive.files) == ["indices", "labels", "samples", "seeds"]
+        assert archive["labels"].tolist() == [3, 7] * 4 and archive["samples"].shape == (8, 1, 8, 8)
+
+
 def test_merge_adm_writes_uint8_nhwc_and_labels(digits_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "adm.npz"
     assert main("merge", str(digits_run), "-o", str(target), "--format", "adm") == 0
