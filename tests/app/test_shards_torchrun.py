@@ -33,10 +33,13 @@ def worker(out_dir: str, num_samples: str, batch_size: str, delay: str, pid_dir:
     generate_shards(make_model(float(delay)), make_scheduler(), out_dir, progress=False, **options)
 
 
-def torchrun(tmp_path: Path, out: Path, num_samples: int, batch_size: int, delay: float = 0.0) -> subprocess.Popen[str]:
+def torchrun(
+    tmp_path: Path, out: Path, num_samples: int, batch_size: int, delay: float = 0.0, worker_script: str = __file__
+) -> subprocess.Popen[str]:
+    """Two torchrun processes of ``worker_script`` (a file whose main is a worker taking these arguments)."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker_script]
     command += [str(out), str(num_samples), str(batch_size), str(delay), str(pid_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ddim.app import evaluation, evaluation_framework, timing
-from ddim.app.cli import arguments, devices, eval_recipe, loading, outputs, usage
+from ddim.app.cli import arguments, devices, eval_recipe, eval_shards, loading, outputs, usage
 from ddim.app.digits.data import SAMPLE_SHAPE
 from ddim.app.digits.fid import DigitsFID
 from ddim.app.seeding import SEED_LIMIT
@@ -122,11 +122,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"an existing output folder (default: ./{DEFAULT_OUT_DIR}, created when missing)",
     )
+    parser.add_argument(
+        "--from-shards",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="instead: digits-FID (overall and per digit) of a `ddim sample --out-dir DIR --fid-stats` run, from its "
+        "shards' feature statistics (no sample is loaded)",
+    )
     arguments.add_model_options(parser)
     eval_recipe.add_recipe_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_shards is not None:
+        return eval_shards.run_from_shards(args)
     seed_count = evaluation_framework.QUICK_SEEDS if args.quick else args.seeds
     if args.first_seed + seed_count > SEED_LIMIT:
         raise usage.UsageError(f"--first-seed {args.first_seed} + --seeds {seed_count} must be at most 2**32")

@@ -2,7 +2,8 @@
 
 Generate samples with DDIM and write an upscaled PNG grid. With --digit, chosen digits from the embedded
 class-conditional model (v-prediction, zero terminal SNR, trailing grid) with classifier-free guidance:
--n samples per digit, one row per digit (a single digit: a square grid).
+-n samples per digit, one row per digit (a single digit: a square grid). With --out-dir, -n samples into
+resumable shards (with --digit: the digits in turn, or 'random' for a random digit per sample).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from ddim.app.digits.conditional import (
     DEFAULT_GUIDANCE_RESCALE,
     DEFAULT_GUIDANCE_SCALE,
     GUIDANCE_KINDS,
+    NULL_LABEL,
     NUM_DIGITS,
+    NUM_LABELS,
     sample_digits,
 )
 from ddim.app.seeding import row_generators
+from ddim.app.shards.conditioning import Conditioning
 from ddim.app.wording import counted
 from ddim.progress import Progress
 from ddim.sampling import sample
@@ -58,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=digit_arg,
         default=None,
         metavar="D",
-        help="digits 0-9 to draw, or 'all' (0..9): one row per digit",
+        help="digits 0-9 to draw, or 'all' (0..9): one row per digit; with --out-dir sample i gets the "
+        f"(i mod k)-th of the k digits, or with '{RANDOM_DIGIT}' a uniform random digit drawn from its seed",
     )
     group.add_argument(
         "--guidance",
@@ -83,10 +88,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
-def digit_arg(text: str) -> tuple[int, ...]:
-    """argparse type of one --digit value: a digit 0..9, or ``all`` (every digit)."""
+#: The --digit value that gives every sample of an --out-dir run a random digit (the "uniform" label rule).
+RANDOM_DIGIT = "random"
+
+
+def digit_arg(text: str) -> tuple[int, ...] | str:
+    """argparse type of one --digit value: a digit 0..9, ``all`` (every digit) or ``random``."""
     if text == "all":
         return tuple(range(NUM_DIGITS))
+    if text == RANDOM_DIGIT:
+        return RANDOM_DIGIT
     return (arguments.parse_int_in(text, 0, NUM_DIGITS - 1),)
 
 
@@ -101,9 +112,34 @@ def conditional_digits(args: argparse.Namespace) -> list[int] | None:
             if value is not None:
                 raise usage.UsageError(f"{flag} needs --digit (the unconditional model has no guidance)")
         return None
-    if args.out_dir is not None:
-        raise usage.UsageError("--digit writes a PNG grid; it cannot be combined with --out-dir")
+    if RANDOM_DIGIT in args.digit:
+        if len(args.digit) > 1:
+            raise usage.UsageError(f"--digit {RANDOM_DIGIT} draws a digit per sample; give it alone")
+        if args.out_dir is None:
+            raise usage.UsageError(f"--digit {RANDOM_DIGIT} needs --out-dir (a grid has one row per chosen digit)")
+        return list(range(NUM_DIGITS))
     return [digit for values in args.digit for digit in values]
+
+
+def shard_conditioning(args: argparse.Namespace, digits: list[int]) -> Conditioning:
+    """The conditioning of an --out-dir run with --digit: the digits in turn, or uniform with ``random``."""
+    kind, scale, rescale = guidance_settings(args)
+    rule = "uniform" if args.digit == [RANDOM_DIGIT] else "cycle"
+    return Conditioning(tuple(digits), rule, NUM_LABELS, NULL_LABEL, scale, rescale, kind)
+
+
+def guidance_settings(args: argparse.Namespace) -> tuple[str, float, float]:
+    """--guidance, --guidance-scale and --guidance-rescale with their defaults, checked for the kind."""
+    kind = args.guidance or "cfg"
+    if kind == "cfg++":
+        if args.guidance_rescale is not None:
+            raise usage.UsageError("--guidance-rescale is for --guidance cfg; CFG++ has no rescale")
+        scale = DEFAULT_CFG_PP_SCALE if args.guidance_scale is None else args.guidance_scale
+        if scale > 1.0:
+            raise usage.UsageError(f"--guidance-scale {scale:g} is out of range for --guidance cfg++; allowed: 0..1")
+        return kind, scale, 0.0
+    scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+    return kind, scale, DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale
 
 
 def generate_samples(
@@ -172,11 +208,12 @@ def load_for_grid(args: argparse.Namespace, conditional: bool) -> tuple[loading.
 def run(args: argparse.Namespace) -> int:
     devices.check_device(args.device)
     digits = conditional_digits(args)
+    if args.out_dir is not None:
+        args.num_samples = args.num_samples or DEFAULT_COUNT
+        return run_sharded(args, shard_conditioning(args, digits) if digits is not None else None)
     if digits is not None:
         return run_conditional(args, digits)
     args.num_samples = args.num_samples or DEFAULT_COUNT
-    if args.out_dir is not None:
-        return run_sharded(args)
     outputs.check_png_output(args.output, args.force)
     with timing.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=False)
@@ -197,17 +234,7 @@ def run_conditional(args: argparse.Namespace, digits: list[int]) -> int:
     """``--digit``: -n samples of each digit from the conditional model, one row per digit (row-major seeds)."""
     per_digit = args.num_samples or DEFAULT_PER_DIGIT
     count = per_digit * len(digits)
-    kind = args.guidance or "cfg"
-    if kind == "cfg++":
-        if args.guidance_rescale is not None:
-            raise usage.UsageError("--guidance-rescale is for --guidance cfg; CFG++ has no rescale")
-        scale_s = DEFAULT_CFG_PP_SCALE if args.guidance_scale is None else args.guidance_scale
-        if scale_s > 1.0:
-            raise usage.UsageError(f"--guidance-scale {scale_s:g} is out of range for --guidance cfg++; allowed: 0..1")
-        rescale = 0.0
-    else:
-        scale_s = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
-        rescale = DEFAULT_GUIDANCE_RESCALE if args.guidance_rescale is None else args.guidance_rescale
+    kind, scale_s, rescale = guidance_settings(args)
     outputs.check_png_output(args.output, args.force)
     with timing.timed() as elapsed:
         loaded, scheduler, scale = load_for_grid(args, conditional=True)

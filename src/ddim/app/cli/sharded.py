@@ -10,12 +10,14 @@ from pathlib import Path
 from ddim.app.cli.arguments import positive_int
 from ddim.app.cli.loading import check_steps, configure_spacing, load_model
 from ddim.app.cli.usage import UsageError
+from ddim.app.digits.fid_statistics import DigitsFeatures
 from ddim.app.shards import generate_shards, rank_device
+from ddim.app.shards.conditioning import Conditioning
 from ddim.app.shards.processes import die_with_parent
 
 
 def add_sharded_options(parser: argparse.ArgumentParser) -> None:
-    """--out-dir, --shard-size, --micro-batch, --png."""
+    """--out-dir, --shard-size, --micro-batch, --png, --fid-stats."""
     group = parser.add_argument_group(
         "sharded output (resumable; run under `torchrun --nproc_per_node=K -m ddim sample ...` to use K processes)"
     )
@@ -35,10 +37,17 @@ def add_sharded_options(parser: argparse.ArgumentParser) -> None:
         "processes; --batch-size and --shard-size must be multiples of it (default: 64)",
     )
     group.add_argument("--png", action="store_true", help="also write DIR/images/000123.png per sample")
+    group.add_argument(
+        "--fid-stats",
+        action="store_true",
+        help="also store in each shard the digits-FID feature statistics of its samples (per digit too with "
+        "--digit), for `ddim eval --from-shards DIR`",
+    )
 
 
-def run_sharded(args: argparse.Namespace) -> int:
-    """Generate ``--num-samples`` samples into ``--out-dir`` on this process's share of the shards."""
+def run_sharded(args: argparse.Namespace, conditioning: Conditioning | None = None) -> int:
+    """Generate ``--num-samples`` samples into ``--out-dir`` on this process's share of the shards (class-conditional
+    with ``conditioning``: the conditional model, called as ``model(x, t, labels)``)."""
     if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:
         die_with_parent()  # first thing: a torchrun worker must not outlive its launcher, even while loading
     try:
@@ -46,7 +55,9 @@ def run_sharded(args: argparse.Namespace) -> int:
     except RuntimeError as error:  # not a device string (ValueError, e.g. no CUDA, is reported by ddim.app.cli)
         raise UsageError(f"--device {args.device!r} cannot be used: {str(error).splitlines()[0]}") from error
     check_micro_batches(args.batch_size, args.shard_size, args.micro_batch)
-    loaded = load_model(args.model, str(device))
+    loaded = load_model(args.model, str(device), conditional=conditioning is not None)
+    if args.fid_stats and loaded.sample_shape != (1, 8, 8):
+        raise UsageError("--fid-stats needs a digits model (1x8x8 samples); digits-FID is defined for digits only")
     scheduler = configure_spacing(loaded.scheduler, args.spacing)
     check_steps(args.steps, scheduler)
     generate_shards(
@@ -66,6 +77,8 @@ def run_sharded(args: argparse.Namespace) -> int:
         progress=args.progress,
         model_info={"description": loaded.description},
         log=report,
+        conditioning=conditioning,
+        fid_features=DigitsFeatures() if args.fid_stats else None,
     )
     return 0
 

@@ -1,7 +1,8 @@
 """``ddim verify``: check the shards of `ddim sample --out-dir DIR` against their manifest
 
-Check the manifest and every shard (present, SHA-256, indices, seeds, shape) of a sharded run, and look for
-stray files. Exit code 0: all shards complete; 1: missing or corrupt shards or stray files (listed); 2: not a
+Check the manifest and every shard (present, SHA-256, indices, seeds, shape; labels of a class-conditional run
+by its label rule; --fid-stats statistics recomputed from the samples) of a sharded run, and look for stray files.
+Exit code 0: all shards complete; 1: missing or corrupt shards or stray files (listed); 2: not a
 shard directory, or a damaged manifest.
 """
 

@@ -13,7 +13,9 @@ Modules: :mod:`.layout` (names, constants, partition), :mod:`.schema` (manifest 
 :mod:`.files` (file format, writing, manifest and records, shard checks), :mod:`.lock` (the job's
 lock), :mod:`.manifest` (run identity, directory preparation), :mod:`.processes` (process group,
 devices, waiting for all ranks), :mod:`.generation` (:func:`generate_shards`) and :mod:`.verify`
-(verification, loading, merging).
+(verification, loading, merging). Class-conditional jobs: :mod:`.conditioning` (label rule, guided batches; shards
+then hold ``labels``); feature statistics: :mod:`.statistics` (per shard) and :mod:`.merged_statistics` (summed
+without loading samples); :mod:`.export` (``npz``, ``adm``, ``png-folder``).
 """
 
 from ddim.app.shards.files import read_manifest

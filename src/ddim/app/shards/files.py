@@ -30,6 +30,7 @@ from ddim.app.shards.layout import (
     shard_ranges,
 )
 from ddim.app.shards.schema import check_manifest, record_problem
+from ddim.app.shards.statistics import content_problem
 from ddim.file_input import UnreadableFileError, file_kind, open_regular_file, read_descriptor, read_json_file
 
 #: Write errors that are the environment's, not a bug: reported as one line (:func:`write_file`).
@@ -204,7 +205,8 @@ def inspect_shard(
     samples = arrays.get("samples")
     if samples is None or samples.shape != (span[1] - span[0], *config["sample_shape"]):
         return f"samples missing or not of shape {(span[1] - span[0], *config['sample_shape'])}", None
-    return None, arrays
+    problem = content_problem(arrays, config)  # labels (conditional runs) and feature statistics (--fid-stats)
+    return (problem, None) if problem is not None else (None, arrays)
 
 
 def stray_files(out_dir: Path, manifest: dict[str, Any]) -> list[str]:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from ddim.app.images import png_bytes, to_uint8
 from ddim.app.seeding import sample_generators, sample_seeds
+from ddim.app.shards.conditioning import Conditioning
 from ddim.app.shards.files import json_bytes, npz_bytes, sha256_hex, write_file, writing
 from ddim.app.shards.layout import SAMPLE_DTYPES, rank_shards, record_file, shard_count, shard_file, shard_ranges
 from ddim.app.shards.lock import JobLock, watch_lock
@@ -38,6 +39,7 @@ from ddim.app.shards.processes import (
     recorded_shards,
     wait_for_shards,
 )
+from ddim.app.shards.statistics import FeatureExtractor, shard_statistics
 from ddim.app.wording import counted
 from ddim.model import Model, NonFiniteOutputError
 from ddim.progress import Progress
@@ -59,16 +61,19 @@ class FixedBatchModel:
         self.model = model
         self.micro_batch = check_int("micro_batch", micro_batch, minimum=1)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *per_row: torch.Tensor) -> torch.Tensor:
+        """``model(x, t, *per_row)`` by micro-batches; ``per_row`` tensors (labels) are split and padded like ``t``."""
         size = self.micro_batch
         outputs = []
         for start in range(0, x.shape[0], size):
             chunk, steps = x[start : start + size], t[start : start + size]
+            extra = [values[start : start + size] for values in per_row]
             rows = chunk.shape[0]
             if rows < size:
                 chunk = torch.cat([chunk, chunk.new_zeros((size - rows, *chunk.shape[1:]))])
                 steps = torch.cat([steps, steps[-1:].expand(size - rows)])
-            outputs.append(self.model(chunk, steps)[:rows])
+                extra = [torch.cat([values, values[-1:].expand(size - rows)]) for values in extra]
+            outputs.append(self.model(chunk, steps, *extra)[:rows])
         return torch.cat(outputs)
 
 
@@ -115,6 +120,8 @@ def generate_shards(
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
+    conditioning: Conditioning | None = None,
+    fid_features: FeatureExtractor | None = None,
 ) -> GenerationSummary:
     """Generate samples ``0 .. num_samples - 1`` into shards under ``out_dir``, resuming what is there.
 
@@ -126,6 +133,10 @@ def generate_shards(
     (3, H, W) in [-1, 1]). Rank 0 shows a progress bar (when tqdm is installed) counting the samples
     of all ranks and finally logs the throughput (``log``; None for silence). Returns the same
     summary on every rank.
+
+    ``conditioning`` makes a class-conditional job (``model(x, t, labels)``; labels by its label rule, stored
+    per sample as ``labels``; :mod:`.conditioning`); ``fid_features`` adds each shard's feature statistics
+    (:mod:`.statistics`). Both are recorded in the manifest's config (``conditioning``, ``fid_stats``).
 
     Rank 0 holds the directory's lock (:mod:`.lock`) for the whole call: another job on the same
     directory is refused at once (:class:`~ddim.app.shards.lock.DirectoryInUseError`), a stale lock is
@@ -177,6 +188,10 @@ def generate_shards(
             target.type,
             png,
         )
+        if conditioning is not None:
+            identity["conditioning"] = conditioning.describe()
+        if fid_features is not None:
+            identity["fid_stats"] = fid_features.describe()
         directory = Path(out_dir)
 
         def prepare() -> tuple[list[int], dict[str, Any]]:
@@ -200,7 +215,17 @@ def generate_shards(
             show = count.show if count is not None else None
             for shard_id in rank_shards(todo, group.rank, group.world_size):
                 _generate_shard(
-                    fixed, scheduler, directory, shard_id, spans[shard_id], identity, batch_size, target, show
+                    fixed,
+                    scheduler,
+                    directory,
+                    shard_id,
+                    spans[shard_id],
+                    identity,
+                    batch_size,
+                    target,
+                    show,
+                    conditioning,
+                    fid_features,
                 )
                 if show is not None:
                     show()
@@ -248,6 +273,8 @@ def _generate_shard(
     batch_size: int,
     device: torch.device,
     on_batch: Callable[[int], None] | None,
+    conditioning: Conditioning | None = None,
+    fid_features: FeatureExtractor | None = None,
 ) -> None:
     """Generate one shard batch by batch, then write its images, its file and its record (in that order).
 
@@ -255,20 +282,34 @@ def _generate_shard(
     """
     indices = np.arange(*span, dtype=np.int64)
     seeds = sample_seeds(identity["seed"], indices)
+    labels = conditioning.labels(identity["seed"], indices) if conditioning is not None else None
     parts = []
     for start in range(0, len(indices), batch_size):
         batch_seeds = seeds[start : start + batch_size]
-        x = sample(
-            model,
-            scheduler,
-            (len(batch_seeds), *identity["sample_shape"]),
-            num_inference_steps=identity["num_inference_steps"],
-            eta=identity["eta"],
-            generator=sample_generators(batch_seeds),
-            device=device,
-            dtype=SAMPLE_DTYPES[identity["dtype"]],
-            progress=False,
-        )
+        if conditioning is not None and labels is not None:
+            x = conditioning.sample(
+                model,
+                scheduler,
+                labels[start : start + batch_size],
+                batch_seeds,
+                identity["sample_shape"],
+                num_inference_steps=identity["num_inference_steps"],
+                eta=identity["eta"],
+                device=device,
+                dtype=SAMPLE_DTYPES[identity["dtype"]],
+            )
+        else:
+            x = sample(
+                model,
+                scheduler,
+                (len(batch_seeds), *identity["sample_shape"]),
+                num_inference_steps=identity["num_inference_steps"],
+                eta=identity["eta"],
+                generator=sample_generators(batch_seeds),
+                device=device,
+                dtype=SAMPLE_DTYPES[identity["dtype"]],
+                progress=False,
+            )
         parts.append(x.float().cpu())
         if on_batch is not None:
             on_batch(start + len(batch_seeds))
@@ -281,7 +322,13 @@ def _generate_shard(
         )
     if identity["png"]:
         _write_pngs(out_dir / "images", indices, samples)
-    data = npz_bytes({"indices": indices, "seeds": seeds, "samples": samples.numpy()})
+    arrays = {"indices": indices, "seeds": seeds, "samples": samples.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels
+    if fid_features is not None:
+        num_labels = conditioning.num_labels if conditioning is not None else None
+        arrays.update(shard_statistics(fid_features(arrays["samples"]), labels, num_labels))
+    data = npz_bytes(arrays)
     write_file(out_dir / shard_file(shard_id), data)
     record = {
         "shard": shard_id,

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ddim.app.seeding import SEED_LIMIT, SEED_RULE
+from ddim.app.shards.conditioning import conditioning_from_config
 from ddim.app.shards.layout import FORMAT, MAX_SHARDS, ShardError, shard_file, shard_ranges
-from ddim.validation import is_int
+from ddim.validation import ArgumentValueError, is_int
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: The integers of a manifest's config that its shards are checked against, with their bounds.
@@ -68,6 +69,10 @@ def check_manifest(manifest: object, path: Path) -> dict[str, Any]:
             f"num_samples={config['num_samples']} with shard_size={config['shard_size']} makes {count} shards; "
             f"at most {MAX_SHARDS} are allowed",
         )
+    try:
+        conditioning_from_config(config)  # None for an unconditional run
+    except ArgumentValueError as error:
+        raise damaged("config.conditioning", f"is not well formed ({error})") from error
     spans = shard_ranges(config["num_samples"], config["shard_size"])
     shards = manifest.get("shards")
     if not isinstance(shards, dict):

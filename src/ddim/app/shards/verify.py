@@ -121,7 +121,7 @@ def verify_shards(out_dir: str | os.PathLike[str]) -> VerifyReport:
 
 
 def load_samples(out_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """All samples of a verified directory in index order: arrays ``indices``, ``seeds``, ``samples``.
+    """All samples of a verified directory in index order: arrays ``indices``, ``seeds``, ``samples`` (and ``labels``).
 
     Raises :class:`ShardError` (with the report) if any shard is missing or corrupt, or a file is stray.
     The arrays are those of the bytes that were verified.
@@ -129,9 +129,12 @@ def load_samples(out_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     report, parts = _inspect(Path(out_dir), keep=True)
     if not report.ok:
         raise ShardError(report.describe().replace("\n", "; "))
-    merged = {
-        name: np.concatenate([parts[s][name] for s in report.complete]) for name in ("indices", "seeds", "samples")
-    }
+    names = (
+        ("indices", "seeds", "samples", "labels")
+        if "labels" in parts[report.complete[0]]
+        else ("indices", "seeds", "samples")
+    )
+    merged = {name: np.concatenate([parts[s][name] for s in report.complete]) for name in names}
     if not np.array_equal(merged["indices"], np.arange(report.num_samples)):
         raise ShardError(f"{report.out_dir}: the shards do not hold each index 0..{report.num_samples - 1} once")
     return merged
@@ -144,6 +147,14 @@ def merge_shards(out_dir: str | os.PathLike[str], output: str | os.PathLike[str]
     of two concurrent merges to one new file exactly one writes it), ``ShardError`` when its folder does not
     exist or cannot be written (nothing partial is left), and as :func:`load_samples`.
     """
+    target = check_output_file(output, overwrite)
+    write_output_file(target, npz_bytes(load_samples(out_dir)), overwrite)
+    return target
+
+
+def check_output_file(output: str | os.PathLike[str], overwrite: bool) -> Path:
+    """``output`` as a ``Path`` when a merged file may be written there: :class:`OutputExistsError` when it exists
+    (unless ``overwrite``), ``ShardError`` when it is a folder or its folder does not exist."""
     target = Path(output)
     if target.is_dir():
         raise ShardError(f"{str(target)!r} is a folder; give the name of the .npz file to write")
@@ -151,13 +162,17 @@ def merge_shards(out_dir: str | os.PathLike[str], output: str | os.PathLike[str]
         raise OutputExistsError(target)
     if not target.parent.is_dir():
         raise ShardError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
-    data = npz_bytes(load_samples(out_dir))
+    return target
+
+
+def write_output_file(target: Path, data: bytes, overwrite: bool) -> None:
+    """Write a merged file: replaced atomically with ``overwrite``, else taken exclusively (of two concurrent
+    merges to one new file exactly one writes it; :class:`OutputExistsError` for the other)."""
     if overwrite:
         write_file(target, data)
-        return target
+        return
     try:
         with writing(target):
             write_bytes_exclusively(target, data)
     except FileExistsError:
         raise OutputExistsError(target) from None
-    return target
