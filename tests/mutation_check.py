@@ -48,28 +48,38 @@ MUTATIONS = [
     Mutation(
         "update-eps-sign",
         "src/ddim/coefficients.py",
-        (("sap * x0_m + direction * eps_m)", "sap * x0_m - direction * eps_m)"),),
+        (("sqrt_alpha_bar_prev * x0_m + direction * eps_m)", "sqrt_alpha_bar_prev * x0_m - direction * eps_m)"),),
         REFERENCE,
         "eq. 12's direction term subtracted from the model output's share",
     ),
     Mutation(
         "sigma-factor",
         "src/ddim/coefficients.py",
-        (("(1 - alpha_t_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_t_prev)", "(1 - alpha_t_prev) / (1 - alpha_t)"),),
+        (
+            (
+                "(1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)",
+                "(1 - alpha_bar_prev) / (1 - alpha_bar_t)",
+            ),
+        ),
         REFERENCE,
         "sigma^2 without eq. 16's factor (1 - abar_t / abar_prev)",
     ),
     Mutation(
         "sigma-eta-squared",
         "src/ddim/coefficients.py",
-        (("std = eta * ddim_variance(a, ap).sqrt()", "std = eta**2 * ddim_variance(a, ap).sqrt()"),),
+        (
+            (
+                "sigma_t = eta * ddim_variance(alpha_bar_t, alpha_bar_prev).sqrt()",
+                "sigma_t = eta**2 * ddim_variance(alpha_bar_t, alpha_bar_prev).sqrt()",
+            ),
+        ),
         REFERENCE,
         "sigma scaled by eta^2 instead of eta",
     ),
     Mutation(
         "direction-radicand",
         "src/ddim/coefficients.py",
-        (("radicand = 1 - ap - std**2", "radicand = 1 - ap - std"),),
+        (("radicand = 1 - alpha_bar_prev - sigma_t**2", "radicand = 1 - alpha_bar_prev - sigma_t"),),
         REFERENCE,
         "the direction's radicand subtracts sigma, not sigma^2",
     ),
@@ -101,11 +111,11 @@ MUTATIONS = [
     ),
     Mutation(
         "diffusers-landing",
-        "src/ddim/timesteps.py",
+        "src/ddim/plan.py",
         (
             (
-                "return timesteps - num_train_timesteps // num_inference_steps\n",
-                "return timesteps - num_train_timesteps // num_inference_steps - 1\n",
+                "np.arange(num_train_timesteps, dtype=np.int64) - num_train_timesteps // len(grid)\n",
+                "np.arange(num_train_timesteps, dtype=np.int64) - num_train_timesteps // len(grid) - 1\n",
             ),
         ),
         REFERENCE,
@@ -125,8 +135,8 @@ MUTATIONS = [
     ),
     Mutation(
         "ddpo-landing",
-        "src/ddim/logprob.py",
-        (("prev = scheduler._prev_timesteps.clamp(0, ", "prev = scheduler._prev_timesteps.clamp(-1, "),),
+        "src/ddim/plan.py",
+        (("clamped = self.landing.timesteps.clamp(0, ", "clamped = self.landing.timesteps.clamp(-1, "),),
         LOGPROB,
         "DDPO's last step lands on the final alpha instead of alphas_cumprod[0]",
     ),
@@ -154,7 +164,12 @@ MUTATIONS = [
     Mutation(
         "edict-coupling",
         "src/ddim/exact_inversion.py",
-        (("    x_inter = a * x + b * denoiser(y, step)\n", "    x_inter = a * x + b * denoiser(x, step)\n"),),
+        (
+            (
+                "    x_inter = move.a * x + move.noise(denoiser(y, step))\n",
+                "    x_inter = move.a * x + move.noise(denoiser(x, step))\n",
+            ),
+        ),
         EXACT,
         "EDICT's x update reads eps at x instead of y (no longer invertible)",
     ),
@@ -163,8 +178,8 @@ MUTATIONS = [
         "src/ddim/exact_inversion.py",
         (
             (
-                "return a_forward - gamma * a_backward, b_forward - gamma * b_backward",
-                "return a_forward - gamma * a_backward, b_forward + gamma * b_backward",
+                "        forward.b - gamma * backward.b,\n",
+                "        forward.b + gamma * backward.b,\n",
             ),
         ),
         EXACT,
@@ -212,7 +227,7 @@ MUTATIONS = [
     ),
     Mutation(
         "cli-writable-check",
-        "src/ddim/app/cli/common.py",
+        "src/ddim/app/cli/outputs.py",
         (("    if not os.access(folder, os.W_OK | os.X_OK):\n", "    if False:\n"),),
         ("tests/app/test_cli_outputs.py", "-k", "read_only"),
         "the CLI's early check of a read-only output folder dropped (the work runs, then the write fails)",
@@ -232,14 +247,35 @@ MUTATIONS = [
     Mutation(
         "inverse-direction",
         "src/ddim/inverse_scheduler.py",
-        (
-            (
-                "        return super().step_pairs(prev_timesteps).flip(-1).contiguous()\n",
-                "        return super().step_pairs(prev_timesteps).contiguous()\n",
-            ),
-        ),
+        (('ascending, "offset", device, climb=True)', 'ascending, "offset", device, climb=False)'),),
         ("tests/library/test_reload_values.py", "-k", "Inverse"),
         "the inverse scheduler steps forward (its alpha pairs not swapped)",
+    ),
+    Mutation(
+        "variance-off-the-landing",
+        "src/ddim/plan.py",
+        (
+            (
+                "            prev_timestep = landing.timesteps.to(t.device)[t]\n",
+                "            prev_timestep = t - 1000 // len(self.timesteps)\n",
+            ),
+        ),
+        ("tests/library/test_step_plan.py",),
+        "_get_variance(t) by diffusers' t - T // N whatever the step's landing",
+    ),
+    Mutation(
+        "cfg-pp-renoise-ignored",
+        "src/ddim/update.py",
+        (("    m_direction = m if renoise is None else renoise\n", "    m_direction = m\n"),),
+        ("tests/library/test_cfg_pp.py",),
+        "CFG++ renoises with the guided output (plain CFG at scale lambda)",
+    ),
+    Mutation(
+        "k-diffusion-sigma-up",
+        "src/ddim/k_diffusion.py",
+        (("sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)", "sigma_down = sigma_next"),),
+        ("tests/library/test_k_diffusion.py",),
+        "the k-diffusion form's deterministic part ignores the noise share (eta > 0 off DDIM's eq. 12)",
     ),
 ]
 

@@ -116,8 +116,10 @@ class Transfer:
     b_x0: float
     b_dir: float
 
-    def noise(self, estimate: NoiseEstimate) -> torch.Tensor:
-        """b eps, or b_x0 eps_x0 + b_dir eps_dir under CFG++."""
+    def noise(self, estimate: NoiseEstimate | torch.Tensor) -> torch.Tensor:
+        """b eps (one eps, or an estimate whose two parts are one tensor), or b_x0 eps_x0 + b_dir eps_dir (CFG++)."""
+        if isinstance(estimate, torch.Tensor):
+            return self.b * estimate
         if estimate.x0 is estimate.direction:
             return self.b * estimate.x0
         return self.b_x0 * estimate.x0 + self.b_dir * estimate.direction
