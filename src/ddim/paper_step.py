@@ -52,17 +52,28 @@ def ddim_step(
     if use_clipped_model_output and transformed:
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()  # epsilon consistent with the clipped x0
 
-    # (3) eq. 16: sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
-    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt() if eta > 0 else torch.zeros_like(a)
+    # (3) eq. 16 and (4) eq. 12: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+    return renoise(x0, eps, a, a_prev, eta, noise), x0
 
-    # (4) eq. 12: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+
+def renoise(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    a: torch.Tensor,
+    a_prev: torch.Tensor,
+    eta: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z (DDIM paper, eq. 12), with
+    sigma_t(eta) = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev) (eq. 16)."""
+    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt() if eta > 0 else torch.zeros_like(a)
     direction = (1 - a_prev - sigma**2).clamp(min=0.0).sqrt() if eta <= 1 else (1 - a_prev - sigma**2).sqrt()
     x_prev = a_prev.sqrt() * x0 + direction * eps
     if eta > 0:
         if noise is None:
             raise ArgumentValueError("eta > 0 needs noise (the z of eq. 12), got noise=None")
         x_prev = x_prev + sigma * noise
-    return x_prev, x0
+    return x_prev
 
 
 def as_alpha(alpha: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -100,14 +111,6 @@ def cfg_pp_step(
     # (2) the noise the step renoises with is the unconditional one, eps_u (not eps_lambda as in CFG).
     eps_unconditional = eps_x * x + eps_m * unconditional_output
 
-    # (3) DDIM's sigma_t(eta) (DDIM paper, eq. 16); 0 in the paper's algorithm.
-    sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt() if eta > 0 else torch.zeros_like(a)
-
-    # (4) x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps_u (+ sigma z).
-    direction = (1 - a_prev - sigma**2).clamp(min=0.0).sqrt() if eta <= 1 else (1 - a_prev - sigma**2).sqrt()
-    x_prev = a_prev.sqrt() * x0 + direction * eps_unconditional
-    if eta > 0:
-        if noise is None:
-            raise ArgumentValueError("eta > 0 needs noise (the z of eq. 12), got noise=None")
-        x_prev = x_prev + sigma * noise
-    return x_prev, x0
+    # (3) x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps_u (+ sigma z), with DDIM's
+    # sigma_t(eta) (DDIM paper, eq. 16), 0 in the paper's algorithm.
+    return renoise(x0, eps_unconditional, a, a_prev, eta, noise), x0
