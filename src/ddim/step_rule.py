@@ -20,10 +20,9 @@ from ddim.device_copy import to_device_async
 from ddim.tensor_checks import (
     INTEGER_DTYPES,
     Timestep,
-    as_index,
     check_host_timestep,
     check_timestep_shape,
-    check_timestep_values,
+    timestep_index,
 )
 from ddim.thresholding import X0Transform
 from ddim.update import compute_dtype, records_gradients, torch_update
@@ -94,10 +93,7 @@ class StepRule:
             if timestep.ndim == 0 and timestep.device.type == "cpu" and not compiling:
                 return self.host_rows[check_host_timestep(int(timestep), total)]
             check_timestep_shape("timestep", timestep, sample)
-            index = as_index(timestep)
-            if timestep.device.type == "cpu" and not compiling:
-                check_timestep_values(index, total)
-            index = index.to(sample.device)
+            index = timestep_index("timestep", timestep, total).to(sample.device)
             if compiling:
                 # Traced: gather the alpha pairs and derive the coefficients in the graph, where the
                 # compiler fuses them into the update; no table is built while tracing.

@@ -45,13 +45,14 @@ def allowed_timesteps(total: int, negative: bool = False) -> str:
 
 def timestep_index(name: str, value: object, total: int, *, negative: bool = False) -> torch.Tensor:
     """A timestep (int or integer tensor of any shape) as an int64 tensor, checked to lie in [0, total), or
-    below ``total`` when ``negative`` (a landing past timestep 0). A tensor on an accelerator is not read."""
+    below ``total`` when ``negative`` (a landing past timestep 0). A tensor on an accelerator, or one being
+    traced by ``torch.compile``, is not read."""
     if not isinstance(value, torch.Tensor):
         return torch.tensor(check_host_timestep(value, total, name, negative), dtype=torch.int64)
     if value.dtype not in INTEGER_DTYPES:
         raise ArgumentTypeError(f"{name} must be an integer tensor, got dtype {value.dtype}")
     index = as_index(value)
-    if index.device.type == "cpu":
+    if index.device.type == "cpu" and not torch.compiler.is_compiling():
         check_timestep_values(index, total, name, negative)
     return index
 
