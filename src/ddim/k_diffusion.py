@@ -80,6 +80,8 @@ class Denoiser:
         self.prediction_type = scheduler.config.prediction_type
         self.alphas = scheduler.alphas_cumprod.detach().double().cpu()
         self.log_sigmas = sigma_of(self.alphas).log()
+        # (one sigma for all rows, batch size, sample ndim) -> (t, abar_t shaped to broadcast)
+        self.seen: dict[tuple[float, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
         """The training timestep of nearest log-sigma for each sigma (int64)."""
@@ -88,8 +90,16 @@ class Denoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **extra_args: Any) -> torch.Tensor:
         rows = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
-        t = self.timesteps(rows)
-        alpha = self.alphas[t].reshape(-1, *([1] * (x.ndim - 1)))
+        first = float(rows[0])
+        uniform = bool((rows == first).all())  # the samplers pass one sigma for every row
+        key = (first, x.shape[0], x.ndim)
+        cached = self.seen.get(key) if uniform else None
+        if cached is None:
+            t = self.timesteps(rows)
+            cached = (t, self.alphas[t].reshape(-1, *([1] * (x.ndim - 1))))
+            if uniform:
+                self.seen[key] = cached
+        t, alpha = cached
         x_t = x * alpha.sqrt().to(device=x.device, dtype=x.dtype)
         output = self.model(x_t, t.to(x.device), **extra_args)
         x0_x, x0_m, _, _ = prediction_coefficients(alpha.to(x.device), self.prediction_type)

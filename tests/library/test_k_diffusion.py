@@ -77,3 +77,14 @@ def test_an_off_grid_landing_and_bad_sigmas_are_refused() -> None:
         sample_ddim(model, x, torch.tensor([1.0, 2.0, 0.0]))
     with pytest.raises(ValueError, match=r"eta=1.5 is out of range"):
         sample_ddim(model, x, torch.tensor([2.0, 0.0]), eta=1.5)
+
+
+def test_the_denoiser_serves_other_batch_sizes_at_a_seen_sigma() -> None:
+    scheduler, model = setup("epsilon")
+    denoiser = Denoiser(model, scheduler)
+    sigma = sigma_of(float(scheduler.alphas_cumprod[500]))
+    for rows in (3, 5, 3):
+        x = torch.randn(rows, 3, dtype=torch.float64)
+        a = float(scheduler.alphas_cumprod[500])
+        want = (x * math.sqrt(a) - math.sqrt(1 - a) * model(x * math.sqrt(a), torch.full((rows,), 500))) / math.sqrt(a)
+        torch.testing.assert_close(denoiser(x, sigma), want, rtol=1e-9, atol=1e-9)
