@@ -57,8 +57,8 @@ MUTATIONS = [
         "src/ddim/coefficients.py",
         (
             (
-                "(1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)",
-                "(1 - alpha_bar_prev) / (1 - alpha_bar_t)",
+                "    return (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)",
+                "    return (1 - alpha_bar_prev) / (1 - alpha_bar_t)",
             ),
         ),
         REFERENCE,
