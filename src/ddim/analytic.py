@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ddim.prediction import PREDICTION_TYPES, model_output_from
+from ddim.prediction import PREDICTION_TYPES
 from ddim.validation import ArgumentValueError, check_choice
 
 
@@ -75,26 +75,49 @@ class GaussianMixtureModel:
         rows = rows.expand(x_t.shape[0]) if rows.numel() == 1 else rows
         return rows.reshape(-1, *([1] * (x_t.ndim - 1)))
 
+    def components(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per component k, for float64 ``x`` and abar ``a`` shaped (B, 1): the posterior responsibilities
+        r_k(x_t) (B, K), the variances v_k (B, K) and x_t - sqrt(abar) mu_k (B, K, d)."""
+        variances = a * self.stds.to(x.device) ** 2 + 1 - a  # (B, K)
+        centred = x.reshape(x.shape[0], 1, -1) - a.sqrt().unsqueeze(-1) * self.means.to(x.device).flatten(1)
+        dims = centred.shape[-1]
+        logits = self.weights.to(x.device).log() - 0.5 * (centred**2).sum(-1) / variances - 0.5 * dims * variances.log()
+        return torch.softmax(logits, dim=1), variances, centred
+
     def epsilon(self, x_t: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
         """eps*(x_t) at noise level ``alpha`` (one, or one per batch row), float64."""
         x = x_t.double()
         a = self.per_row(alpha, x).reshape(-1, 1)  # (B, 1)
-        variances = a * self.stds.to(x.device) ** 2 + 1 - a  # (B, K)
-        # (B, K, d): x_t - sqrt(abar) mu_k per component
-        centred = x.reshape(x.shape[0], 1, -1) - a.sqrt().unsqueeze(-1) * self.means.to(x.device).flatten(1)
-        dims = centred.shape[-1]
-        logits = self.weights.to(x.device).log() - 0.5 * (centred**2).sum(-1) / variances - 0.5 * dims * variances.log()
-        responsibilities = torch.softmax(logits, dim=1)
+        responsibilities, variances, centred = self.components(x, a)
         weighted = (responsibilities / variances).unsqueeze(-1) * centred
         return ((1 - a).sqrt() * weighted.sum(1)).reshape(x.shape)
 
+    def data_mean(self, x_t: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+        """x0*(x_t) = E[x_0 | x_t] = sum_k r_k (mu_k + sqrt(abar) s_k^2 (x_t - sqrt(abar) mu_k) / v_k), float64.
+
+        Finite at every abar in [0, 1]: at abar = 0 (zero SNR) it is the data mean sum_k w_k mu_k.
+        """
+        x = x_t.double()
+        a = self.per_row(alpha, x).reshape(-1, 1)  # (B, 1)
+        responsibilities, variances, centred = self.components(x, a)
+        gains = (a.sqrt() * self.stds.to(x.device) ** 2 / variances).unsqueeze(-1)  # (B, K, 1)
+        posterior = self.means.to(x.device).flatten(1) + gains * centred  # (B, K, d)
+        return (responsibilities.unsqueeze(-1) * posterior).sum(1).reshape(x.shape)
+
     def prediction(self, x_t: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
-        """The output of ``prediction_type`` that means eps* (:func:`ddim.prediction.model_output_from`)."""
+        """The output of ``prediction_type`` that means eps*: eps*, x0* or v* = sqrt(abar) eps* - sqrt(1 - abar) x0*.
+
+        Each is formed from eps* and x0* directly (no division by sqrt(abar) or sqrt(1 - abar)), so it is finite
+        on the whole schedule, zero SNR (abar = 0: eps* = x_t, x0* = E[x_0], v* = -E[x_0]) included.
+        """
         eps = self.epsilon(x_t, alpha)
         if self.prediction_type == "epsilon":
             return eps.to(x_t.dtype)
+        x0 = self.data_mean(x_t, alpha)
+        if self.prediction_type == "sample":
+            return x0.to(x_t.dtype)
         a = self.per_row(alpha, x_t)
-        return model_output_from(x_t.double(), eps, a, self.prediction_type).to(x_t.dtype)
+        return (a.sqrt() * eps - (1 - a).sqrt() * x0).to(x_t.dtype)
 
     def sample_data(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``num_samples`` x_0 from the mixture (float64, on the CPU)."""

@@ -18,6 +18,7 @@ x_0 by ~1e-5). The EDICT authors' code, which BDIA's editing code builds on, run
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -42,13 +43,15 @@ from ddim.scheduler_protocol import DDIMSchedulerLike
 from ddim.tensor_checks import check_floating
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_real, check_str_choice
 
-__all__ = ["BDIA_GAMMA", "EDICT_P", "BDIALatent", "EDICTLatent", "sample_exact"]
+__all__ = ["BDIA_GAMMA", "EDICT_P", "MAX_AMPLIFICATION", "BDIALatent", "EDICTLatent", "sample_exact"]
 
 #: EDICT's mixing weight p (the paper's value for Stable Diffusion).
 EDICT_P = 0.93
 #: BDIA's gamma for exact inversion (the official code's default; its editing range is [0.92, 1]).
 BDIA_GAMMA = 1.0
 EXACT_METHODS = ("edict", "bdia")
+#: Largest growth of rounding an exact round trip may have: float64 rounding (~1e-16) times it stays below ~1e-6.
+MAX_AMPLIFICATION = 1e10
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +61,7 @@ class EDICTLatent:
     The chains are float64 tensors (see the module docstring). Attributes:
         x, y: the coupled chains x_T and y_T (equal when sampling starts from fresh noise).
         steps: the sampling steps, in sampling order (``timesteps`` lists their timesteps).
-        p: the mixing weight in (0, 1].
+        p: the mixing weight, in [p_min(N), 1] (:func:`check_p`).
         dtype: the dtype the model is called in and x_0 is returned in (default: x's).
     """
 
@@ -69,10 +72,9 @@ class EDICTLatent:
     dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
-        check_pair("x", self.x, "y", self.y)
-        check_steps(self.steps)
-        check_real("p", self.p, 0.0, 1.0, open_minimum=True)
-        object.__setattr__(self, "dtype", self.x.dtype if self.dtype is None else self.dtype)
+        if self.dtype is None and isinstance(self.x, torch.Tensor):
+            object.__setattr__(self, "dtype", self.x.dtype)
+        check_latent(self)
 
     @property
     def timesteps(self) -> tuple[int, ...]:
@@ -87,7 +89,7 @@ class BDIALatent:
         x_T: the state at t_0.
         x_next: the state after step 0 (the model's input at t_1; x_0 itself when N = 1).
         steps: the sampling steps, in sampling order (``timesteps`` lists their timesteps).
-        gamma: BDIA's gamma in [0, 1] (inversion needs gamma > 0; 0 samples as plain DDIM).
+        gamma: BDIA's gamma, 0 (plain DDIM sampling, not invertible) or in [gamma_min(N), 1] (:func:`check_gamma`).
         dtype: the dtype the model is called in and x_0 is returned in (default: x_T's).
     """
 
@@ -98,14 +100,59 @@ class BDIALatent:
     dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
-        check_pair("x_T", self.x_T, "x_next", self.x_next)
-        check_steps(self.steps)
-        check_real("gamma", self.gamma, 0.0, 1.0)
-        object.__setattr__(self, "dtype", self.x_T.dtype if self.dtype is None else self.dtype)
+        if self.dtype is None and isinstance(self.x_T, torch.Tensor):
+            object.__setattr__(self, "dtype", self.x_T.dtype)
+        check_latent(self)
 
     @property
     def timesteps(self) -> tuple[int, ...]:
         return tuple(step.timestep for step in self.steps)
+
+
+def check_latent(latent: EDICTLatent | BDIALatent) -> None:
+    """Every field of a latent checked: run when it is built and again when it is sampled (a latent restored by
+    pickle, or changed with ``object.__setattr__``, skips ``__post_init__``)."""
+    if isinstance(latent, EDICTLatent):
+        check_pair("x", latent.x, "y", latent.y)
+        check_steps(latent.steps)
+        check_p(latent.p, len(latent.steps))
+    else:
+        check_pair("x_T", latent.x_T, "x_next", latent.x_next)
+        check_steps(latent.steps)
+        check_gamma(latent.gamma, len(latent.steps), allow_zero=True)
+    if not isinstance(latent.dtype, torch.dtype) or not latent.dtype.is_floating_point:
+        raise ArgumentTypeError(f"dtype must be a floating-point torch.dtype, got {latent.dtype!r}")
+
+
+def check_p(p: object, num_steps: int) -> float:
+    """EDICT's p: in (0, 1] with p^(-2N) <= ``MAX_AMPLIFICATION`` for N steps.
+
+    The mixing layers shrink the difference of the two chains by p^2 a step (y' - x' = p^2 (y^i - x^i)), so the
+    inverse grows it, and the rounding in it, by 1/p^2 a step; the bound keeps the float64 round trip within
+    ~1e-6 of the data's scale. p = 1 (no mixing) holds for every N.
+    """
+    value = check_real("p", p, 0.0, 1.0, open_minimum=True)
+    return check_amplification("p", value, 2 * num_steps, num_steps)
+
+
+def check_gamma(gamma: object, num_steps: int, *, allow_zero: bool) -> float:
+    """BDIA's gamma: 0 (sampling only: plain DDIM, not invertible, if ``allow_zero``) or in (0, 1] with
+    gamma^-(N - 1) <= ``MAX_AMPLIFICATION``: each of the N - 1 inverse BDIA steps divides by gamma."""
+    value = check_real("gamma", gamma, 0.0, 1.0, open_minimum=not allow_zero)
+    return value if value == 0.0 else check_amplification("gamma", value, num_steps - 1, num_steps)
+
+
+def check_amplification(name: str, value: float, power: int, num_steps: int) -> float:
+    """``value`` unless value^-power (the inverse's growth of rounding) exceeds ``MAX_AMPLIFICATION``."""
+    if -power * math.log(value) <= math.log(MAX_AMPLIFICATION):
+        return value
+    minimum = math.ceil(MAX_AMPLIFICATION ** (-1 / power) * 1e4) / 1e4
+    raise ArgumentValueError(
+        f"{name}={value!r} is out of range for {num_steps} steps; allowed values are in [{minimum:g}, 1]: "
+        f"the inverse grows rounding by {name}^-{power} = 10^{-power * math.log10(value):.3g} (at most "
+        f"{MAX_AMPLIFICATION:g}), "
+        "which would lose the round trip; use a larger value or fewer steps"
+    )
 
 
 def check_pair(name_a: str, a: object, name_b: str, b: object) -> None:
@@ -266,6 +313,7 @@ def sample_exact(
                 f"{', '.join(extra)} must be left unset when start is a {type(start).__name__}: the latent "
                 "fixes the method, the grid and its parameter"
             )
+        check_latent(start)
         latent = start
     elif isinstance(start, torch.Tensor):
         latent = latent_from_noise(denoiser, scheduler, start, method, num_inference_steps, timesteps, p, gamma)

@@ -18,7 +18,16 @@ from typing import Literal, Unpack, get_args, overload
 
 import torch
 
-from ddim.exact_inversion import BDIA_GAMMA, EDICT_P, BDIALatent, EDICTLatent, bdia_invert, edict_invert
+from ddim.exact_inversion import (
+    BDIA_GAMMA,
+    EDICT_P,
+    BDIALatent,
+    EDICTLatent,
+    bdia_invert,
+    check_gamma,
+    check_p,
+    edict_invert,
+)
 from ddim.guidance import ClassifierFreeKeywords
 from ddim.inversion_steps import Timesteps, check_exact_grid, ddim_inverse_step, grid_steps, make_denoiser
 from ddim.model import Model
@@ -26,7 +35,7 @@ from ddim.progress import progress_iter
 from ddim.sampling import LoopResult
 from ddim.scheduler_protocol import DDIMSchedulerLike
 from ddim.tensor_checks import check_floating
-from ddim.validation import ArgumentValueError, check_bool, check_int, check_real, check_str_choice
+from ddim.validation import ArgumentValueError, check_bool, check_int, check_str_choice
 
 #: The most fixed-point refinements per step: each costs a model call, and the iteration converges within a few
 #: (geometrically, when it converges at all), so a larger count asks for a run that never ends.
@@ -143,8 +152,11 @@ def invert(
             at the current x_t estimate (the fixed point is the exact inverse); with ``"bdia"`` it
             refines the one approximate step, the last (from x_0). Not for ``"edict"``. At most
             :data:`MAX_FIXED_POINT_ITERATIONS` (1000).
-        p: EDICT's mixing weight in (0, 1], default 0.93 (the paper's); ``"edict"`` only.
-        gamma: BDIA's gamma in (0, 1], default 1 (the official code's for inversion); ``"bdia"`` only.
+        p: EDICT's mixing weight, default 0.93 (the paper's); ``"edict"`` only. Allowed: [p_min(N), 1] with
+            p_min(N) = 1e10^(-1/(2N)) (the inverse grows rounding by p^-2N; e.g. N = 50: ~0.794, N = 200: ~0.944,
+            N = 1000: ~0.989), where the float64 round trip stays within ~1e-6.
+        gamma: BDIA's gamma, default 1 (the official code's for inversion); ``"bdia"`` only. Allowed:
+            [gamma_min(N), 1] with gamma_min(N) = 1e10^(-1/(N-1)) (e.g. N = 50: ~0.625, N = 1000: ~0.977).
         return_trajectory: ``"ddim"`` only: a :class:`~ddim.sampling.LoopResult` whose ``intermediates`` are
             [x_0, ..., x_T] and ``samples`` x_T.
         progress: a tqdm bar over the steps (if tqdm is installed; ``None``: only on a terminal).
@@ -166,12 +178,12 @@ def invert(
     check_bool("return_trajectory", return_trajectory)
     check_floating("sample", sample)
     check_method_options(method, iterations, p, gamma, return_trajectory)
-    if method == "edict":
-        weight = check_real("p", EDICT_P if p is None else p, 0.0, 1.0, open_minimum=True)
-    elif method == "bdia":
-        weight = check_real("gamma", BDIA_GAMMA if gamma is None else gamma, 0.0, 1.0, open_minimum=True)
     denoiser = make_denoiser(model, scheduler, short_form, "invert")
     steps = grid_steps(scheduler, num_inference_steps, timesteps)
+    if method == "edict":
+        weight = check_p(EDICT_P if p is None else p, len(steps))
+    elif method == "bdia":
+        weight = check_gamma(BDIA_GAMMA if gamma is None else gamma, len(steps), allow_zero=False)
     with torch.no_grad():
         if method != "ddim":
             check_exact_grid(steps)

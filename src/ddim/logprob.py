@@ -57,8 +57,9 @@ def ddim_step_with_logprob(
     ``"sum"`` (the joint log-density of the step), or ``"none"`` (per element).
     ``clamp_prev_timestep=False`` lands where ``scheduler.step`` lands instead (the final alpha at the
     last step, the next grid point with ``prev_timestep_from_grid=True``). Raises ``ValueError`` where
-    the density does not exist: eta = 0, or sigma = 0 at a host timestep (the last step of an
-    unclamped grid whose final alpha is 1). ``renoise_model_output``: CFG++'s unconditional output, the mean's
+    the density does not exist: eta = 0, or sigma^2 below the compute dtype's smallest normal number at a
+    host timestep (the last step of an unclamped grid whose final alpha is 1, or an eta so small that sigma^2
+    underflows). ``renoise_model_output``: CFG++'s unconditional output, the mean's
     noise direction (the guided output is ``model_output``; see ``DDIMScheduler.step``).
     """
     if not isinstance(scheduler, DDIMStepping):
@@ -95,11 +96,7 @@ def ddim_step_with_logprob(
         coefficients = DeviceRows(rows)
     mean, _ = torch_update(sample, model_output, coefficients, rule.terms, rule.transform, None, renoise_model_output)
     std = columns_of(coefficients, sample)[STD]
-    if not isinstance(std, torch.Tensor) and std <= 0.0:
-        raise ArgumentValueError(
-            f"sigma is 0 at timestep={int(timestep)} (the step lands where abar_prev = abar_t, or on abar = 1): "
-            "the step is deterministic there and has no log-density"
-        )
+    check_sigma(std, timestep, mean.dtype)
     if prev_sample is None:
         noise = randn_like_diffusers(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
         prev_sample = (mean + std * noise).to(sample.dtype)
@@ -107,8 +104,43 @@ def ddim_step_with_logprob(
     work = mean.dtype
     sigma = torch.as_tensor(std, dtype=work, device=sample.device)
     log_prob = -((data.to(work) - mean) ** 2) / (2 * sigma**2) - torch.log(sigma) - LOG_SQRT_2PI
-    if reduction == "mean":
-        log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
-    elif reduction == "sum":
-        log_prob = log_prob.sum(dim=tuple(range(1, log_prob.ndim)))
-    return prev_sample, log_prob
+    return prev_sample, reduce_per_row(log_prob, reduction)
+
+
+def reduce_per_row(values: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """``values`` reduced over every dimension but the first: one number per batch row, never fewer.
+
+    A 1-D ``values`` (one scalar per row) is already per row and is returned as it is for every reduction.
+    """
+    if reduction == "none" or values.ndim <= 1:
+        return values
+    dims = tuple(range(1, values.ndim))
+    return values.mean(dim=dims) if reduction == "mean" else values.sum(dim=dims)
+
+
+def check_sigma(std: float | torch.Tensor, timestep: Timestep, dtype: torch.dtype) -> None:
+    """``ValueError`` where the density does not exist in ``dtype``: sigma^2 below its smallest normal number
+    (sigma = 0, or an eta so small that sigma^2 underflows). Host values are checked (a host row, or rows on
+    the CPU); rows on an accelerator or in a ``torch.compile`` graph are never read: a zero sigma there gives NaN."""
+    tiny = torch.finfo(dtype).tiny
+    if not isinstance(std, torch.Tensor):
+        if std * std < tiny:
+            raise ArgumentValueError(
+                f"sigma is 0 at timestep={int(timestep)} in {dtype} (sigma={std!r}: sigma^2 is below its smallest "
+                "normal number; the step lands where abar_prev = abar_t, or on abar = 1, or eta is too small): "
+                "the step is deterministic there and has no log-density"
+            )
+        return
+    if std.device.type != "cpu" or std.numel() == 0 or torch.compiler.is_compiling():
+        return  # never read on an accelerator, nor inside a compiled graph (one graph, no break)
+    small = (std.to(dtype) ** 2 < tiny).reshape(std.shape[0], -1).any(dim=1)
+    if bool(small.any()):
+        row = int(small.nonzero()[0])
+        steps = torch.as_tensor(timestep).reshape(-1)
+        at = int(steps[row if steps.numel() > 1 else 0])
+        value = float(std.reshape(std.shape[0], -1)[row, 0])
+        raise ArgumentValueError(
+            f"sigma is 0 at timestep={at} (batch row {row}) in {dtype} (sigma={value!r}: "
+            "sigma^2 is below its smallest normal number; abar_prev = abar_t, abar = 1, or eta too small): "
+            "the step is deterministic there and has no log-density"
+        )

@@ -27,16 +27,23 @@ def randn_like_diffusers(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Standard normal tensor of ``shape``, drawn from ``generator`` as diffusers does."""
+    """Standard normal tensor of ``shape``, drawn from ``generator`` as diffusers does.
+
+    A list holds one generator per batch row (row i drawn from generator i); zero rows take an empty list.
+    """
     target = torch.device(device) if device is not None else torch.device("cpu")
     shape = tuple(int(s) for s in shape)
     if isinstance(generator, Sequence) and not isinstance(generator, torch.Generator):
         generators = list(generator)
+        if not shape:
+            raise ArgumentValueError("generator is a list (one per batch row); it needs a batch-first shape, got ()")
         if len(generators) != shape[0]:
             raise ArgumentValueError(
                 f"generator is a list of {len(generators)} generators; it must hold one per batch row "
                 f"(batch size {shape[0]})"
             )
+        if not generators:  # zero rows, zero generators: nothing to draw
+            return torch.empty(shape, device=target, dtype=dtype)
         if len(generators) == 1:
             return randn_like_diffusers(shape, generators[0], target, dtype)
         draw_device = _draw_device(generators[0], target)
