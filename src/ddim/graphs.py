@@ -35,8 +35,11 @@ from typing import Any, Protocol
 
 import torch
 
-from ddim.model import Model
+from ddim.model import Model, ModelWrapper, after_step, predict
 from ddim.noise import Generator
+from ddim.plan import GridStep
+from ddim.sampling import renoise_keyword
+from ddim.scheduler_protocol import DDIMSchedulerLike
 from ddim.validation import ArgumentTypeError, ArgumentValueError, check_int
 
 #: A model with extra inputs: ``model(x_t, t, **extra) -> prediction`` (t: (batch,), int64).
@@ -93,22 +96,39 @@ def run_steps(
 ) -> torch.Tensor:
     """x_T -> x_0: ``x = scheduler.step(model(x, t_batch, **extra), t, x).prev_sample`` for every planned step.
 
-    Reads nothing on the host when the plan, ``x`` and the generators are on the GPU, so it can be
-    captured in a CUDA graph; on the CPU it is the plain loop.
+    A model wrapper (``ddim.guidance``, ``ddim.inpainting``) is stepped as ``ddim.sample`` steps it: CFG++'s
+    renoise output goes to the step, inpainting corrects the sample after it (both need a scheduler of this
+    package, whose plan gives each step's landing). Reads nothing on the host when the plan, ``x`` and the
+    generators are on the GPU, so it can be captured in a CUDA graph; on the CPU it is the plain loop.
     """
     inputs = dict(extra) if extra is not None else {}
-    for t, t_batch in zip(plan.step_timesteps, plan.model_timesteps, strict=True):
-        output = model(x, t_batch, **inputs)
+    steps = wrapper_steps(model, scheduler)
+    last = len(plan.step_timesteps) - 1
+    for index, (t, t_batch) in enumerate(zip(plan.step_timesteps, plan.model_timesteps, strict=True)):
+        prediction = predict(model, x, t_batch, **inputs)
         x = scheduler.step(
-            output,
+            prediction.output,
             t,
             x,
             eta=eta,
             use_clipped_model_output=use_clipped_model_output,
             generator=generator,
             return_dict=False,
+            **renoise_keyword(prediction),
         )[0]
+        if steps is not None:
+            x = after_step(model, x, steps[index], index == last, generator)
     return x
+
+
+def wrapper_steps(model: object, scheduler: object) -> tuple[GridStep, ...] | None:
+    """The plan's steps a wrapper's after-step correction reads (``None`` for a plain model)."""
+    if not isinstance(model, ModelWrapper):
+        return None
+    if not isinstance(scheduler, DDIMSchedulerLike):
+        wrapper, given = type(model).__name__, type(scheduler).__name__
+        raise ArgumentTypeError(f"a model wrapper ({wrapper}) needs a scheduler of this package, got {given}")
+    return scheduler.plan.grid_steps()
 
 
 @contextlib.contextmanager

@@ -200,3 +200,26 @@ def test_conditioned_graph_takes_its_inputs_per_call(model: Any, name: str, exam
         torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="must be exactly the captured"):
         sampler(x_t)
+
+
+def test_run_steps_steps_model_wrappers_as_sample_does() -> None:
+    """CFG++ (renoise output) and inpainting (after-step correction) in the graphable loop, run on the CPU."""
+    import ddim
+    from ddim.analytic import GaussianMixtureModel
+
+    scheduler = ddim.DDIMScheduler(clip_sample=False, timestep_spacing="trailing", prev_timestep_from_grid=True)
+    means = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    conditional = GaussianMixtureModel(scheduler.alphas_cumprod, means[:1], 0.3)
+    unconditional = GaussianMixtureModel(scheduler.alphas_cumprod, means, 0.3)
+    guided = ddim.CFGPlusPlus(conditional, unconditional, 0.6)
+    painted = ddim.Inpainting(guided, known=torch.zeros(3, 2, dtype=torch.float64), known_mask=torch.tensor([0.0, 1.0]))
+    x_T = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for model in (guided, painted):
+        want = ddim.sample(
+            model, scheduler, noise=x_T, num_inference_steps=8, generator=torch.Generator().manual_seed(1)
+        )
+        scheduler.set_timesteps(8)
+        generator = torch.Generator().manual_seed(1)  # the known region's noise, drawn in the same order
+        got = run_steps(model, scheduler, x_T, SamplingPlan.build(scheduler, 3), generator=generator)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert bool((got[:, 1] == 0).all())
