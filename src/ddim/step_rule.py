@@ -17,6 +17,7 @@ import torch
 
 from ddim.coefficients import DeviceRows, Folded, HostRow, UpdateTerms, step_coefficients, update_terms
 from ddim.device_copy import to_device_async
+from ddim.noise import Generator
 from ddim.tensor_checks import (
     INTEGER_DTYPES,
     Timestep,
@@ -136,6 +137,21 @@ class StepRule:
                     )
                 return kernels.fused_update(sample, model_output, coefficients, self.transform, noise)
         return torch_update(sample, model_output, coefficients, self.terms, self.transform, noise)
+
+    def apply_kernel_noise(
+        self,
+        sample: torch.Tensor,
+        model_output: torch.Tensor,
+        coefficients: Folded,
+        noise_source: str,
+        generator: Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_prev, x0)`` of an eta > 0 step whose noise the fused kernel draws (``noise_source != "torch"``)."""
+        from ddim.kernels.kernel_noise import kernel_noise_update
+
+        return kernel_noise_update(
+            noise_source, sample, model_output, per_element(coefficients), coefficients, self.transform, generator
+        )
 
 
 def per_element(coefficients: Folded) -> bool:

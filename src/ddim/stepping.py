@@ -274,18 +274,13 @@ class DDIMStepping(PlannedScheduler, ForwardProcess):
             check_renoise(renoise_model_output, sample, use_clipped_model_output)
         rule = plan.rule(self.config, eta, use_clipped_model_output, split=renoise_model_output is not None)
         if eta > 0 and variance_noise is None and self.noise_source != "torch":
-            from ddim.kernels.kernel_noise import kernel_noise_update
-
             if renoise_model_output is not None:
                 raise ArgumentValueError(
                     f"noise_source={self.noise_source!r} does not combine with renoise_model_output; "
                     "use noise_source='torch'"
                 )
-            per_element = isinstance(timestep, torch.Tensor) and timestep.ndim > 1
             coefficients = rule.coefficients(timestep, sample)
-            prev_sample, x0 = kernel_noise_update(
-                self.noise_source, sample, model_output, per_element, coefficients, rule.transform, generator
-            )
+            prev_sample, x0 = rule.apply_kernel_noise(sample, model_output, coefficients, self.noise_source, generator)
         else:
             noise = step_noise(eta, generator, variance_noise, model_output, sample) if eta > 0 else None
             coefficients = rule.coefficients(timestep, sample)
