@@ -5,7 +5,9 @@ rewritten), so both load at once; steps are timed interleaved (before, after, be
 minimum over the repetitions of each side is reported (the least disturbed measurement on a shared CPU).
 
     git worktree add /tmp/before REV
-    python benchmarks/before_after_step.py /tmp/before/src/ddim [--threads 2]
+    python benchmarks/before_after_step.py /tmp/before/src/ddim [--threads 2] [--shape 16x16x256x256]
+
+Each timed call drops the step's outputs before the next (as a sampling loop does a step later).
 """
 
 from __future__ import annotations
@@ -47,12 +49,18 @@ def main() -> None:
     parser.add_argument("before", type=Path, help="the other revision's src/ddim folder")
     parser.add_argument("--repetitions", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--shape", default="x".join(map(str, SHAPE)), help="sample shape, e.g. 16x16x256x256")
     args = parser.parse_args()
+    shape = tuple(int(size) for size in args.shape.split("x"))
+    numel = 1
+    for size in shape:
+        numel *= size
+    number = max(1, 200 * 16384 // numel)  # calls per timing: 200 at 1x4x64x64, one from 16x larger
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         before = load_renamed(args.before, Path(folder))
         print(
-            f"before: {args.before}; after: {Path(ddim.__file__).parent}; shape {SHAPE}, fp32, {args.threads} thread(s)"
+            f"before: {args.before}; after: {Path(ddim.__file__).parent}; shape {shape}, fp32, {args.threads} thread(s)"
         )
         print("| config | eta | timestep | before us | after us | after / before |\n|---|---|---|---|---|---|")
         ratios = []
@@ -64,18 +72,18 @@ def main() -> None:
                         scheduler = library.DDIMScheduler(**config)
                         scheduler.set_timesteps(50)
                         g = torch.Generator().manual_seed(0)
-                        x, m, z = (torch.randn(SHAPE, generator=g) for _ in range(3))
+                        x, m, z = (torch.randn(shape, generator=g) for _ in range(3))
                         t = scheduler.timesteps[10] if kind == "tensor" else int(scheduler.timesteps[10])
                         noise = z if eta else None
                         calls.append(
                             lambda s=scheduler, t=t, x=x, m=m, n=noise, e=eta: s.step(m, t, x, eta=e, variance_noise=n)
                         )
                     for call in calls:
-                        timeit.repeat(call, number=300, repeat=1)  # warm-up: tables, caches
+                        timeit.repeat(call, number=max(3, number), repeat=1)  # warm-up: tables, caches
                     times: tuple[list[float], list[float]] = ([], [])
                     for _ in range(args.repetitions):
                         for side, call in enumerate(calls):
-                            times[side].append(min(timeit.repeat(call, number=200, repeat=3)) / 200 * 1e6)
+                            times[side].append(min(timeit.repeat(call, number=number, repeat=3)) / number * 1e6)
                     old, new = min(times[0]), min(times[1])
                     ratios.append(new / old)
                     print(f"| {name} | {eta:g} | {kind} | {old:.2f} | {new:.2f} | {new / old:.3f} |")

@@ -45,11 +45,8 @@ from ddim.tensor_checks import leading_shape
 from ddim.thresholding import X0Transform, threshold_scale
 from ddim.validation import ArgumentTypeError, ArgumentValueError
 
-#: Elements above which a CPU update is processed in cache-sized chunks.
+#: Elements from which a CPU update is processed in cache-sized chunks (:mod:`ddim.cpu_chunks`).
 CPU_CHUNK_THRESHOLD = 1 << 21
-#: Elements per chunk: at most torch's parallel grain (32768), so each operation runs on one thread; a
-#: chunk loop of multi-threaded operations stalls at every barrier when the cores are oversubscribed.
-CPU_CHUNK = 1 << 15
 
 
 Coefficient = float | torch.Tensor
@@ -192,9 +189,9 @@ def torch_update(
     """The pure-torch update. Returns ``(prev_sample, x0)`` in the dtype of ``sample``.
 
     ``renoise``: the output the noise direction is taken from (CFG++), default ``model_output``. On the
-    CPU a tensor larger than :data:`CPU_CHUNK_THRESHOLD` elements is processed in chunks of
-    :data:`CPU_CHUNK` so that every intermediate pass stays in cache (one pass over memory per tensor),
-    the chunks shared among torch's intra-op threads (:mod:`ddim.cpu_chunks`).
+    CPU a tensor of :data:`CPU_CHUNK_THRESHOLD` elements or more is processed in chunks so that every
+    intermediate pass stays in cache (one pass over memory per tensor), each chunk's operations shared by
+    torch's intra-op threads (:mod:`ddim.cpu_chunks`), into reusable output buffers (:mod:`ddim.cpu_buffers`).
     """
     rows = coefficient_rows(coefficients, sample)
     dtype = sample.dtype
@@ -228,5 +225,5 @@ def torch_update(
     x, m = sample.reshape(-1), model_output.reshape(-1)
     z = noise.reshape(-1) if noise is not None else None
     prev_out, x0_out = empty_cpu(x.shape, dtype), empty_cpu(x.shape, dtype)
-    update_in_chunks(update_pass, x, m, z, c, terms, transform, factors, prev_out, x0_out, work=work, chunk=CPU_CHUNK)
+    update_in_chunks(update_pass, x, m, z, c, terms, transform, factors, prev_out, x0_out, work=work)
     return prev_out.view(shape), x0_out.view(shape)

@@ -1,13 +1,10 @@
-"""The chunked CPU update split across threads: bit-equal to one thread in every configuration, every chunk
-computed once in runs of consecutive chunks, the caller's inference mode kept, a failure stopping every
-thread, and a usable pool in a forked child."""
+"""The chunked CPU update: each chunk's operations split by torch across its threads, bit-equal to one thread and
+to the unchunked step in every configuration, with ragged splits; chunk sizes follow the thread count; bad sizes
+are refused."""
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,22 +16,22 @@ import ddim.cpu_chunks as cpu_chunks
 import ddim.update as update
 from ddim import DDIMScheduler
 from ddim.coefficients import update_terms
-from ddim.cpu_chunks import MIN_CHUNKS_PER_THREAD, RUN_CHUNKS, ChunkRuns, threads_for, update_in_chunks
+from ddim.cpu_chunks import chunk_elements, update_in_chunks
 from ddim.thresholding import X0Transform
 from ddim.update import update_pass
 
-CHUNK = 37  # elements per chunk in these tests: a ragged last chunk
-SHAPE = (3, 5, 7, 11)  # 1155 elements: 32 chunks
-FLAT_CHUNK = 4  # elements per chunk of the flat inputs below
+#: Elements a thread in these tests: above torch's parallel grain (32768), so a chunk of two or three threads'
+#: blocks is split among the threads, and ragged against every vector width.
+BLOCK = 33333
+SHAPE = (3, 5, 7, 2003)  # 210315 elements: six and a bit chunks on one thread, a ragged last chunk on any count
 BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
 @pytest.fixture
 def chunked_everywhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every CPU step chunked into CHUNK-element chunks, a thread taking as few as 2; thread count restored."""
+    """Every CPU step chunked, BLOCK float32 elements a thread; the thread count restored afterwards."""
     monkeypatch.setattr(update, "CPU_CHUNK_THRESHOLD", 1)
-    monkeypatch.setattr(update, "CPU_CHUNK", CHUNK)
-    monkeypatch.setattr(cpu_chunks, "MIN_CHUNKS_PER_THREAD", 2)
+    monkeypatch.setattr(cpu_chunks, "BLOCK_BYTES", BLOCK * 4)
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -49,43 +46,56 @@ def step_at(threads: int, s: DDIMScheduler, *args: Any, **kwargs: Any) -> tuple[
     return s.step(*args, **kwargs).to_tuple()
 
 
+def test_a_chunk_is_split_among_the_threads(chunked_everywhere: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test below splits work: at 3 threads a chunk's operation runs on 3 threads (torch's own split)."""
+    seen: list[int] = []
+
+    def counting_pass(x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(x.numel())
+        return update_pass(x, *args, **kwargs)
+
+    torch.set_num_threads(3)
+    x = torch.randn(SHAPE).reshape(-1)
+    terms = update_terms("epsilon", False, False)
+    c = (0.5, -0.25, 1.5, 0.75, 2.0, 0.0)
+    update_in_chunks(
+        counting_pass, x, x, None, c, terms, X0Transform(), None, torch.empty_like(x), torch.empty_like(x), work=x.dtype
+    )
+    assert seen[:-1] == [3 * BLOCK] * (len(seen) - 1) and sum(seen) == x.numel() and seen[-1] % BLOCK != 0
+    assert torch.get_num_threads() == 3 and 3 * BLOCK // 3 > 32768  # each thread's block above the grain
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("clip", [False, True])
-def test_threads_give_the_bits_of_one_thread(
-    chunked_everywhere: None, dtype: torch.dtype, prediction: str, clip: bool
+def test_threads_give_the_bits_of_one_thread_and_of_the_unchunked_step(
+    chunked_everywhere: None, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, prediction: str, clip: bool
 ) -> None:
     s = DDIMScheduler(prediction_type=prediction, clip_sample=clip, clip_sample_range=0.8)
     s.set_timesteps(10)
     g = torch.Generator().manual_seed(1)
     x, m, z = ((torch.randn(SHAPE, generator=g, dtype=torch.float64) * 1.5).to(dtype) for _ in range(3))
-    assert threads_for(-(-x.numel() // CHUNK), 3) == 3  # the test splits the work
-    for t in (int(s.timesteps[1]), int(s.timesteps[-1])):
-        for eta, noise in ((0.0, None), (1.0, z)):
-            for clipped in (False, True):
-                kwargs = {"eta": eta, "variance_noise": noise, "use_clipped_model_output": clipped}
-                one = step_at(1, s, m, t, x, **kwargs)
-                for threads in (2, 3):
-                    many = step_at(threads, s, m, t, x, **kwargs)
-                    for a, b in zip(one, many, strict=True):
-                        assert a.dtype == b.dtype == dtype and a.shape == b.shape == SHAPE
-                        assert torch.equal(bits(a), bits(b)), (threads, t, eta, clipped)
-
-
-def test_threaded_chunks_equal_the_unchunked_step(chunked_everywhere: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = DDIMScheduler(prediction_type="epsilon", clip_sample=True)
-    s.set_timesteps(10)
-    g = torch.Generator().manual_seed(2)
-    x, m, z = (torch.randn(SHAPE, generator=g) for _ in range(3))
-    t = int(s.timesteps[2])
-    threaded = step_at(2, s, m, t, x, eta=0.5, variance_noise=z)
+    cases = [
+        (t, {"eta": eta, "variance_noise": noise, "use_clipped_model_output": clipped})
+        for t in (int(s.timesteps[1]), int(s.timesteps[-1]))
+        for eta, noise in ((0.0, None), (1.0, z))
+        for clipped in (False, True)
+    ]
+    one = [step_at(1, s, m, t, x, **kwargs) for t, kwargs in cases]
+    for threads in (2, 3):
+        for (t, kwargs), expected in zip(cases, one, strict=True):
+            many = step_at(threads, s, m, t, x, **kwargs)
+            for a, b in zip(expected, many, strict=True):
+                assert a.dtype == b.dtype == dtype and a.shape == b.shape == SHAPE
+                assert torch.equal(bits(a), bits(b)), (threads, t, kwargs["eta"])
     monkeypatch.setattr(update, "CPU_CHUNK_THRESHOLD", x.numel() + 1)
-    whole = step_at(1, s, m, t, x, eta=0.5, variance_noise=z)
-    for a, b in zip(whole, threaded, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for (t, kwargs), expected in zip(cases, one, strict=True):
+        whole = step_at(2, s, m, t, x, **kwargs)
+        for a, b in zip(expected, whole, strict=True):
+            assert torch.equal(bits(a), bits(b)), ("unchunked", t, kwargs["eta"])
 
 
-def test_a_step_in_inference_mode_runs_on_threads(chunked_everywhere: None) -> None:
+def test_a_step_in_inference_mode_gives_the_same_bits(chunked_everywhere: None) -> None:
     s = DDIMScheduler()
     s.set_timesteps(10)
     g = torch.Generator().manual_seed(3)
@@ -97,143 +107,34 @@ def test_a_step_in_inference_mode_runs_on_threads(chunked_everywhere: None) -> N
     assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
 
 
-def recording_pass(seen: list[tuple[int, int]], caller: int, helped: threading.Event) -> cpu_chunks.ChunkPass:
-    """``update_pass`` that records (thread id, chunk index) per call; the caller's first chunk waits until
-    another thread has computed one (so the test cannot pass by the caller doing all the work)."""
-
-    def chunk_pass(x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        me = threading.get_ident()
-        if me == caller and not seen:
-            helped.wait(timeout=10)
-        seen.append((me, int(x[0].item()) // FLAT_CHUNK))
-        if me != caller:
-            helped.set()
-        return update_pass(x, *args, **kwargs)
-
-    return chunk_pass
+@given(threads=st.integers(1, 512), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_a_chunk_is_one_block_per_thread(threads: int, dtype: torch.dtype) -> None:
+    chunk = chunk_elements(threads, dtype)
+    assert chunk == threads * (cpu_chunks.BLOCK_BYTES // dtype.itemsize)
+    assert chunk // threads >= 32768  # every thread's share at least torch's parallel grain
 
 
-def flat_inputs(numel: int) -> tuple[torch.Tensor, torch.Tensor, Sequence[float], torch.Tensor, torch.Tensor]:
-    x = torch.arange(numel, dtype=torch.float32)
-    return x, x.flip(0), (0.5, -0.25, 1.5, 0.75, 2.0, 0.0), torch.empty(numel), torch.empty(numel)
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_bad_thread_counts_are_refused(threads: Any) -> None:
+    with pytest.raises(ValueError, match=f"threads must be a positive int, got {threads!r}"):
+        chunk_elements(threads, torch.float32)
 
 
-def test_threads_take_runs_of_consecutive_chunks_each_once() -> None:
-    chunks = 3 * MIN_CHUNKS_PER_THREAD + 1
-    x, m, c, prev, x0 = flat_inputs(chunks * FLAT_CHUNK - 2)  # a ragged last chunk
-    seen: list[tuple[int, int]] = []
-    helped = threading.Event()
-    terms = update_terms("epsilon", False, False)
-    chunk_pass = recording_pass(seen, threading.get_ident(), helped)
-    update_in_chunks(
-        chunk_pass, x, m, None, c, terms, X0Transform(), None, prev, x0, work=x.dtype, chunk=FLAT_CHUNK, threads=3
-    )
-    assert helped.is_set()
-    assert sorted(i for _, i in seen) == list(range(chunks))
-    by_thread: dict[int, list[int]] = {}
-    for ident, i in seen:
-        by_thread.setdefault(ident, []).append(i)
-    assert 2 <= len(by_thread) <= 3
-    for taken in by_thread.values():  # whole runs, each in order
-        assert taken == sorted(taken)
-        for start in taken[::RUN_CHUNKS]:
-            assert start % RUN_CHUNKS == 0
-    expected_prev, expected_x0 = update_pass(x, m, None, c, terms, X0Transform())
-    assert torch.equal(prev, expected_prev) and torch.equal(x0, expected_x0)
-
-
-def test_chunk_runs_hand_out_each_chunk_once_until_stopped() -> None:
-    runs = ChunkRuns(2 * RUN_CHUNKS + 3)
-    assert [runs.take() for _ in range(4)] == [
-        range(0, RUN_CHUNKS),
-        range(RUN_CHUNKS, 2 * RUN_CHUNKS),
-        range(2 * RUN_CHUNKS, 2 * RUN_CHUNKS + 3),
-        None,
-    ]
-    stopped = ChunkRuns(100)
-    stopped.take()
-    stopped.stop()
-    assert stopped.take() is None
-
-
-def test_a_failing_chunk_stops_every_thread_and_raises_in_the_caller() -> None:
-    chunks = 64 * RUN_CHUNKS
-    x, m, c, prev, x0 = flat_inputs(chunks * FLAT_CHUNK)
-    caller, helped = threading.get_ident(), threading.Event()
-    done: list[int] = []
-
-    def failing(x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if threading.get_ident() == caller:  # fails while the other thread is inside a run
-            helped.wait(timeout=10)
-            raise RuntimeError("chunk failed")
-        helped.set()
-        time.sleep(0.001)
-        done.append(int(x[0].item()) // FLAT_CHUNK)
-        return update_pass(x, *args, **kwargs)
-
-    terms = update_terms("epsilon", False, False)
-    with pytest.raises(RuntimeError, match="chunk failed"):
-        update_in_chunks(
-            failing, x, m, None, c, terms, X0Transform(), None, prev, x0, work=x.dtype, chunk=FLAT_CHUNK, threads=2
-        )
-    count = len(done)
-    time.sleep(0.05)
-    assert len(done) == count  # the other thread had finished when the caller raised
-    assert 1 <= count <= 2 * RUN_CHUNKS  # and stopped after its run (a second one if it took it first)
-
-
-@given(chunks=st.integers(1, 5000), threads=st.integers(1, 256))
-def test_a_thread_is_used_per_min_chunks_up_to_the_thread_count(chunks: int, threads: int) -> None:
-    used = threads_for(chunks, threads)
-    assert 1 <= used <= threads
-    assert used == 1 or chunks >= used * MIN_CHUNKS_PER_THREAD
-    assert used == threads or chunks < (used + 1) * MIN_CHUNKS_PER_THREAD
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("threads", 0, "threads must be a positive int, got 0"),
-        ("threads", 1.5, "threads must be a positive int, got 1.5"),
-        ("chunk", 0, "chunk must be a positive number of elements, got 0"),
-    ],
-)
-def test_bad_thread_counts_and_chunk_sizes_are_refused(key: str, value: Any, message: str) -> None:
-    x, m, c, prev, x0 = flat_inputs(8)
-    arguments: dict[str, Any] = {"work": x.dtype, "chunk": FLAT_CHUNK, "threads": 2, key: value}
-    with pytest.raises(ValueError, match=message):
+@pytest.mark.parametrize("chunk", [0, -3, 2.5, True])
+def test_bad_chunk_sizes_are_refused(chunk: Any) -> None:
+    x = torch.arange(8, dtype=torch.float32)
+    with pytest.raises(ValueError, match=f"chunk must be a positive number of elements, got {chunk!r}"):
         update_in_chunks(
             update_pass,
             x,
-            m,
+            x,
             None,
-            c,
+            (0.5, -0.25, 1.5, 0.75, 2.0, 0.0),
             update_terms("epsilon", False, False),
             X0Transform(),
             None,
-            prev,
-            x0,
-            **arguments,
+            torch.empty(8),
+            torch.empty(8),
+            work=x.dtype,
+            chunk=chunk,
         )
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_gets_its_own_worker_threads() -> None:
-    x, m, c, prev, x0 = flat_inputs(MIN_CHUNKS_PER_THREAD * 2 * FLAT_CHUNK)
-    terms = update_terms("epsilon", False, False)
-    run = (update_pass, x, m, None, c, terms, X0Transform(), None, prev, x0)
-    update_in_chunks(*run, work=x.dtype, chunk=FLAT_CHUNK, threads=2)  # the parent's pool exists now
-    expected = prev.clone()
-    pid = os.fork()
-    if pid == 0:  # the child: a pool inherited as it is would queue the second block for ever
-        prev.zero_()
-        update_in_chunks(*run, work=x.dtype, chunk=FLAT_CHUNK, threads=2)
-        os._exit(0 if torch.equal(prev, expected) else 1)
-    deadline = time.monotonic() + 30
-    while (finished := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if finished == (0, 0):
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung")
-    assert os.waitstatus_to_exitcode(finished[1]) == 0

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import ddim.cpu_chunks as cpu_chunks
 import ddim.update as update
 from ddim import DDIMScheduler, ddim_step
 from ddim.coefficients import DeviceRows, HostRow
@@ -247,7 +248,7 @@ def test_chunked_cpu_path_equals_the_single_pass(
     t = int(s.timesteps[1])
     whole = s.step(m, t, x, eta=1.0, variance_noise=z)
     monkeypatch.setattr(update, "CPU_CHUNK_THRESHOLD", 1)
-    monkeypatch.setattr(update, "CPU_CHUNK", 37)  # a ragged last chunk
+    monkeypatch.setattr(cpu_chunks, "BLOCK_BYTES", 37 * 4)  # 37 float32 elements a thread: a ragged last chunk
     chunked = s.step(m, t, x, eta=1.0, variance_noise=z)
     for a, b in zip(whole.to_tuple(), chunked.to_tuple(), strict=True):
         assert a.dtype == b.dtype == dtype and a.shape == b.shape
