@@ -1,8 +1,9 @@
 """Noise drawn inside the fused kernel (``scheduler.noise_source = "kernel"``), run in Triton's interpreter.
 
 The reference is Philox4x32-10 written out here with numpy (Salmon et al. 2011; checked against
-Random123's known-answer vectors) followed by the Box-Muller transform as Triton's ``tl.randn``
-defines it: the kernel's noise must equal it within float32 rounding. Statistics (mean, spread,
+Random123's known-answer vectors), each of its four words made a uniform as Triton's ``tl.randn`` makes one,
+and the Box-Muller transform on the two pairs (four normals per counter): the kernel's noise must equal it
+within float32 rounding. Statistics (mean, spread,
 normal quantiles, correlations) and reproducibility are checked on the kernel's own draws.
 """
 
@@ -17,6 +18,7 @@ import torch
 
 from ddim import DDIMScheduler
 from ddim import coefficients as columns
+from ddim.coefficients import DeviceRows
 from ddim.kernels.kernel_noise import SEED_END, draw_seeds
 from ddim.thresholding import X0Transform
 
@@ -53,11 +55,12 @@ def test_philox_reference_matches_the_known_answers() -> None:
         assert [int(v) for v in got] == want
 
 
-def reference_normal(seed: int, counters: np.ndarray) -> np.ndarray:
-    """Triton's randn(seed, counter): Philox on (counter lo, counter hi, 0, 0) keyed (seed lo, seed hi),
-    the first two words to uniforms (as int32, negatives folded: x < 0 -> -x - 1, times 2^-31), then
-    Box-Muller's cosine branch with u1 floored at 1e-7."""
-    counters = counters.astype(np.uint64)
+def reference_normals(seed: int, count: int, first_counter: int = 0) -> np.ndarray:
+    """The kernel's z for ``count`` elements whose counters start at ``first_counter``: element i is normal
+    i % 4 of counter first_counter + i // 4. Per counter: Philox on (counter lo, counter hi, 0, 0) keyed
+    (seed lo, seed hi); each word to a uniform (as int32, negatives folded: x < 0 -> -x - 1, times 2^-31);
+    Box-Muller on (u0, u1) and (u2, u3) with u0, u2 floored at 1e-7: r cos, r sin, r' cos, r' sin."""
+    counters = np.arange(first_counter, first_counter + -(-count // 4), dtype=np.uint64)
     zero = np.zeros_like(counters)
     key = [np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)]
     words = philox4x32_10([counters & MASK, counters >> np.uint64(32), zero, zero], key)
@@ -68,8 +71,11 @@ def reference_normal(seed: int, counters: np.ndarray) -> np.ndarray:
         signed = np.where(signed < 0, -signed - 1, signed)
         return (signed.astype(np.float32) * np.float32(4.6566127342e-10)).astype(np.float64)
 
-    u1, u2 = np.maximum(1e-7, uniform(words[0])), uniform(words[1])
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * math.pi * u2)
+    u0, u1, u2, u3 = (uniform(w) for w in words)
+    r01, r23 = np.sqrt(-2.0 * np.log(np.maximum(1e-7, u0))), np.sqrt(-2.0 * np.log(np.maximum(1e-7, u2)))
+    a01, a23 = 2 * math.pi * u1, 2 * math.pi * u3
+    normals = np.stack([r01 * np.cos(a01), r01 * np.sin(a01), r23 * np.cos(a23), r23 * np.sin(a23)], axis=1)
+    return normals.reshape(-1)[:count]
 
 
 @pytest.fixture
@@ -91,16 +97,16 @@ def kernel_noise(fused_update: Any, shape: tuple[int, ...], seeds: list[int]) ->
     return prev
 
 
-def test_kernel_noise_is_triton_randn_written_out(interpreted: Any) -> None:
+def test_kernel_noise_is_philox_and_box_muller_written_out(interpreted: Any) -> None:
     seed = 0x1234_5678_9ABC_DEF
     z = kernel_noise(interpreted, (3, 5000), [seed]).double().reshape(-1).numpy()
-    want = reference_normal(seed, np.arange(z.size))
+    want = reference_normals(seed, z.size)
     np.testing.assert_allclose(z, want, rtol=1e-5, atol=2e-5)
     # one seed per row: each row counts from 0 with its own seed
     seeds = [5, SEED_END - 1]
     z = kernel_noise(interpreted, (2, 4000), seeds).double().numpy()
     for row, s in enumerate(seeds):
-        np.testing.assert_allclose(z[row], reference_normal(s, np.arange(4000)), rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(z[row], reference_normals(s, 4000), rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.slow
@@ -128,8 +134,22 @@ def test_rows_with_their_own_seed_do_not_depend_on_the_others(interpreted: Any) 
     assert not torch.equal(one[0], one[1])
 
 
+def test_launch_rows_sharing_one_seed_continue_the_counters(interpreted: Any) -> None:
+    """Per-row coefficients launch one grid row per batch row; with one seed, row r's counters start at
+    r * ceil(row_numel / 4), so a ragged row shares no counter with the next."""
+    row = [0.0] * columns.NUM_COLUMNS
+    row[columns.STD] = 1.0
+    x = torch.zeros(3, 1001)
+    rows = DeviceRows(torch.tensor([row] * 3))
+    seed = 77
+    z, _ = interpreted(x, x, rows, X0Transform(), seeds=torch.tensor([seed], dtype=torch.int64))
+    for r in range(3):
+        np.testing.assert_allclose(z[r].double().numpy(), reference_normals(seed, 1001, r * 251), rtol=1e-5, atol=2e-5)
+
+
 def test_scheduler_step_with_kernel_noise_is_the_step_with_that_noise(interpreted: Any) -> None:
-    """``noise_source = "kernel"``: one seed drawn from the generator per step, z = randn(seed, index)."""
+    """``noise_source = "kernel"``: one seed drawn from the generator per step, z from counters counted over
+    the sample."""
     s = DDIMScheduler(clip_sample=True)
     s.set_timesteps(10)
     s.noise_source = "kernel"
@@ -140,7 +160,7 @@ def test_scheduler_step_with_kernel_noise_is_the_step_with_that_noise(interprete
     got = s.step(m, t, x, eta=1.0, generator=g).prev_sample
     g.set_state(state)
     seed = int(torch.randint(0, SEED_END, (1,), generator=g, dtype=torch.int64))
-    z = torch.from_numpy(reference_normal(seed, np.arange(x.numel()))).float().reshape(x.shape)
+    z = torch.from_numpy(reference_normals(seed, x.numel())).float().reshape(x.shape)
     reference = DDIMScheduler(clip_sample=True)
     reference.set_timesteps(10)
     want = reference.step(m, t, x, eta=1.0, variance_noise=z).prev_sample
@@ -194,7 +214,7 @@ def test_kernel_noise_on_cuda_is_the_reference() -> None:
     x = torch.zeros(3, 5000, device="cuda")
     seed = 0x1234_5678_9ABC_DEF
     z, _ = fused_update(x, x, row, X0Transform(), seeds=torch.tensor([seed], device="cuda"))
-    want = reference_normal(seed, np.arange(x.numel()))
+    want = reference_normals(seed, x.numel())
     np.testing.assert_allclose(z.double().cpu().reshape(-1).numpy(), want, rtol=1e-5, atol=1e-4)
 
 

@@ -6,10 +6,12 @@ Two noise sources for a stochastic step (``scheduler.noise_source``):
   memory, and read back by the step; with the same generator the step is bit-equal to diffusers'.
 - ``"kernel"``: each step draws one int64 seed from the generator (one per batch row for a list of
   generators) *on the generator's device*, and the fused kernel computes
-  ``z = randn(Philox4x32-10, key = seed, counter = element index)`` (Triton's ``tl.randn``: Philox,
-  Salmon et al. 2011, then Box-Muller) where it is used. The step reads x_t and the model output once
-  and writes once; the seeds come from the generator's stream, so a run is reproducible from the
-  generator's seed and a CUDA graph that registers the generator draws fresh seeds on every replay.
+  z where it is used: Philox4x32-10 (Salmon et al. 2011) keyed by the seed gives four words per counter,
+  Box-Muller turns their two pairs into four normals, and element i takes normal i % 4 of counter i // 4
+  (one seed for several launch rows: row r's counters start at r * ceil(row size / 4)). The step reads
+  x_t and the model output once and writes once; the seeds come from the generator's stream, so a run
+  is reproducible from the generator's seed and a CUDA graph that registers the generator draws fresh
+  seeds on every replay.
   The numbers differ from torch's stream (another generator), with the same distribution.
 
 ``"kernel"`` needs the fused kernel: CUDA tensors of float16/bfloat16/float32 with Triton installed

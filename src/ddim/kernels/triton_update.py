@@ -7,8 +7,8 @@ Per element, in float32 (DDIM paper, eqs. 9, 12 and 16 folded as in :mod:`ddim.c
 
 One read of x_t, the model output and (eta > 0) the noise, one write of x_prev and x0, in the input
 dtype. With per-step seeds instead of a noise tensor the noise z is drawn inside the kernel
-(``tl.randn``: Philox4x32-10 keyed by the seed, the element index as counter, Box-Muller), so an
-eta > 0 step reads x_t and the model output once and writes once. The coefficients come from
+(Philox4x32-10 keyed by the seed, one counter per four elements, two Box-Muller pairs from its four
+words), so an eta > 0 step reads x_t and the model output once and writes once. The coefficients come from
 kernel arguments (host timestep), from (b, 6) rows, or from the device table indexed by a device
 timestep inside the kernel (clamped to [-1, T] and wrapped onto the NaN rows, as
 :class:`ddim.coefficients.DeviceRows` does), so a step is one launch and no sync. The grid is
@@ -69,10 +69,12 @@ NOISE_NONE, NOISE_TENSOR, NOISE_KERNEL = 0, 1, 2
 SCALAR_ORDER = (columns.X0_X, columns.X0_M, columns.PREV_X0, columns.PREV_X, columns.PREV_M, columns.STD)
 
 
-def standard_normal_source(seed, counter):  # no annotations: Triton would read them
-    """Triton's ``tl.randn(seed, counter)`` written out (jitted by :func:`kernel`, so it also runs in
-    the interpreter): Philox4x32-10 on (counter lo, counter hi, 0, 0) keyed (seed lo, seed hi), two words to
-    uniforms in [0, 1), the cosine branch of Box-Muller."""
+def standard_normals_source(seed, counter):  # no annotations: Triton would read them
+    """Four standard normals per counter (jitted by :func:`kernel`, so it also runs in the interpreter):
+    Philox4x32-10 (Salmon et al. 2011) on (counter lo, counter hi, 0, 0) keyed (seed lo, seed hi); each
+    word to a uniform in [0, 1) as Triton's ``tl.randn`` maps it (as int32, negatives folded, times 2^-31);
+    Box-Muller on the pairs (u0, u1) and (u2, u3), radius from the first (floored at 1e-7), both branches:
+    (r cos 2 pi u1, r sin 2 pi u1, r' cos 2 pi u3, r' sin 2 pi u3)."""
     c0 = counter.to(tl.uint32)
     c1 = (counter >> 32).to(tl.uint32)
     c2 = c0 * 0
@@ -88,23 +90,30 @@ def standard_normal_source(seed, counter):  # no annotations: Triton would read 
         c3 = tl.mul(PHILOX_M0, p0, sanitize_overflow=False)
         k0 = tl.add(k0, PHILOX_W0, sanitize_overflow=False)
         k1 = tl.add(k1, PHILOX_W1, sanitize_overflow=False)
-    i1 = c0.to(tl.int32, bitcast=True)
-    i2 = c1.to(tl.int32, bitcast=True)
+    i0 = c0.to(tl.int32, bitcast=True)
+    i1 = c1.to(tl.int32, bitcast=True)
+    i2 = c2.to(tl.int32, bitcast=True)
+    i3 = c3.to(tl.int32, bitcast=True)
+    u0 = tl.maximum(1.0e-7, tl.where(i0 < 0, ~i0, i0) * 4.6566127342e-10)
     u1 = tl.where(i1 < 0, ~i1, i1) * 4.6566127342e-10
-    u2 = tl.where(i2 < 0, ~i2, i2) * 4.6566127342e-10
-    u1 = tl.maximum(1.0e-7, u1)
-    return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+    u2 = tl.maximum(1.0e-7, tl.where(i2 < 0, ~i2, i2) * 4.6566127342e-10)
+    u3 = tl.where(i3 < 0, ~i3, i3) * 4.6566127342e-10
+    r01 = tl.sqrt(-2.0 * tl.log(u0))
+    r23 = tl.sqrt(-2.0 * tl.log(u2))
+    a01 = 6.283185307179586 * u1
+    a23 = 6.283185307179586 * u3
+    return r01 * tl.cos(a01), r01 * tl.sin(a01), r23 * tl.cos(a23), r23 * tl.sin(a23)
 
 
-standard_normal: Any = None  #: standard_normal_source jitted by kernel()
+standard_normals: Any = None  #: standard_normals_source jitted by kernel()
 
 
 @functools.cache
 def kernel() -> Any:
     """The jitted kernel, built on first use (so ``TRITON_INTERPRET`` is read when it is needed)."""
 
-    global standard_normal  # a module global: the interpreter resolves callees there, not in closures
-    standard_normal = triton.jit(standard_normal_source)
+    global standard_normals  # a module global: the interpreter resolves callees there, not in closures
+    standard_normals = triton.jit(standard_normals_source)
 
     @triton.jit
     def ddim_step_kernel(
@@ -166,9 +175,12 @@ def kernel() -> Any:
         if NOISE == 1:
             z = tl.load(z_ptr + at, mask=mask).to(tl.float32)
             prev = prev + std * z
-        if NOISE == 2:  # counter-based: Philox4x32-10 keyed by the seed, counter = element index
+        if NOISE == 2:  # counter-based: element i of the row takes normal i % 4 of counter i // 4
             seed = tl.load(seed_ptr + row * seed_row_stride)
-            prev = prev + std * standard_normal(seed, row * counter_row_stride + offsets)
+            quarter = tl.program_id(0).to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+            n0, n1, n2, n3 = standard_normals(seed, row * counter_row_stride + quarter)
+            z = tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (BLOCK,))  # z[4j + k] = nk[j]
+            prev = prev + std * z
         tl.store(prev_ptr + at, prev.to(prev_ptr.dtype.element_ty), mask=mask)
         tl.store(x0_ptr + at, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
@@ -284,7 +296,7 @@ def prepare_launch(
             f"batch size {batch} exceeds {MAX_GRID_ROWS} rows of per-row coefficients or thresholds"
         )
     row_numel = x.numel() // rows_count
-    counter_stride = 0 if seed_stride else row_numel  # one seed: the counter runs over the whole tensor
+    counter_stride = 0 if seed_stride else -(-row_numel // 4)  # one seed: counters run on over the rows
     arguments = (
         x,
         m,
