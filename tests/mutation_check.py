@@ -277,6 +277,44 @@ MUTATIONS = [
         ("tests/library/test_k_diffusion.py",),
         "the k-diffusion form's deterministic part ignores the noise share (eta > 0 off DDIM's eq. 12)",
     ),
+    Mutation(
+        "chunks-skip-the-ragged-last",
+        "src/ddim/cpu_chunks.py",
+        (
+            (
+                "    for i, (xi, mi, prev, x0) in enumerate(parts):\n",
+                "    for i, (xi, mi, prev, x0) in enumerate(list(parts)[:-1]):\n",
+            ),
+        ),
+        ("tests/library/test_cpu_chunks.py",),
+        "the chunked CPU update leaves the last (ragged) chunk of the outputs unwritten",
+    ),
+    Mutation(
+        "buffers-shared-with-forked-children",
+        "src/ddim/cpu_buffers.py",
+        (("flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS", "flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS"),),
+        ("tests/library/test_cpu_buffers.py",),
+        "reused output buffers are shared mappings: a forked child's writes reach the parent",
+    ),
+    Mutation(
+        "buffers-kept-beyond-the-limit",
+        "src/ddim/cpu_buffers.py",
+        (
+            (
+                "            if self.count < MAX_FREE and self.nbytes + size <= MAX_FREE_BYTES:\n",
+                "            if True:\n",
+            ),
+        ),
+        ("tests/library/test_cpu_buffers.py",),
+        "the free list keeps every freed output buffer (unbounded memory)",
+    ),
+    Mutation(
+        "kernel-noise-lanes-swapped",
+        "src/ddim/kernels/triton_update.py",
+        (("tl.join(tl.join(n0, n2), tl.join(n1, n3))", "tl.join(tl.join(n0, n1), tl.join(n2, n3))"),),
+        ("tests/library/test_kernel_noise.py",),
+        "the kernel's four normals per counter land on the wrong elements (not the documented stream)",
+    ),
 ]
 
 
