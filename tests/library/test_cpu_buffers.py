@@ -152,3 +152,11 @@ def test_the_steps_large_outputs_reuse_freed_buffers_with_unchanged_numbers(monk
     whole = s.step(m, t, x)
     for a, b, c in zip(expected, second.to_tuple(), whole.to_tuple(), strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_a_reused_buffer_cannot_grow_as_documented() -> None:
+    buffer = empty_cpu(LARGE, torch.float32)
+    assert not buffer.untyped_storage().resizable()
+    with pytest.raises(RuntimeError, match="not resizable"):
+        buffer.resize_(2 * LARGE[0])
+    assert buffer.resize_(10).shape == (10,)
