@@ -145,7 +145,11 @@ def kernel() -> Any:
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(1).to(tl.int64)
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        if NOISE == 2:  # a (BLOCK / 4, 4) tile: row j of it takes the four normals of counter j
+            lane = tl.arange(0, 4)[None, :]
+            offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK // 4)[:, None] * 4 + lane
+        else:
+            offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < row_numel
         at = row * row_numel + offsets
         if COEF_SOURCE == 0:  # scalar arguments: the launcher passes them by column name (see fused_update)
@@ -177,9 +181,9 @@ def kernel() -> Any:
             prev = prev + std * z
         if NOISE == 2:  # counter-based: element i of the row takes normal i % 4 of counter i // 4
             seed = tl.load(seed_ptr + row * seed_row_stride)
-            quarter = tl.program_id(0).to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)
+            quarter = tl.program_id(0).to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4)[:, None]
             n0, n1, n2, n3 = standard_normals(seed, row * counter_row_stride + quarter)
-            z = tl.reshape(tl.join(tl.join(n0, n2), tl.join(n1, n3)), (BLOCK,))  # z[4j + k] = nk[j]
+            z = tl.where(lane < 2, tl.where(lane == 0, n0, n1), tl.where(lane == 2, n2, n3))
             prev = prev + std * z
         tl.store(prev_ptr + at, prev.to(prev_ptr.dtype.element_ty), mask=mask)
         tl.store(x0_ptr + at, x0.to(x0_ptr.dtype.element_ty), mask=mask)
