@@ -126,6 +126,38 @@ def test_kernel_noise_statistics(interpreted: Any) -> None:
     assert torch.equal(z, again)
 
 
+turn_cos_sin: Any = None  # the kernel's helper, set by the test below (the interpreter resolves callees globally)
+
+
+def test_quarter_turn_cosine_and_sine_are_within_float32_rounding(interpreted: Any) -> None:
+    """The kernel's cos/sin of 2 pi u (quarter-turn reduction, Taylor polynomials) on a dense grid of [0, 1) and
+    next to every eighth of a turn, where the reduction switches quadrant."""
+    import triton
+    import triton.language as tl
+
+    from ddim.kernels import triton_update
+
+    triton_update.kernel()
+    globals()["turn_cos_sin"] = triton_update.turn_cos_sin
+
+    @triton.jit
+    def probe(u_ptr, cos_ptr, sin_ptr, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        at = tl.arange(0, BLOCK)
+        cos, sin = turn_cos_sin(tl.load(u_ptr + at))
+        tl.store(cos_ptr + at, cos)
+        tl.store(sin_ptr + at, sin)
+
+    eighths = np.arange(9, dtype=np.float32) / 8
+    near = np.concatenate([np.nextafter(eighths, -1), eighths, np.nextafter(eighths, 2)])
+    u = np.concatenate([np.arange(8192 - near.size, dtype=np.float32) / (8192 - near.size), near])
+    u = np.clip(u, 0, np.nextafter(np.float32(1), 0)).astype(np.float32)
+    cos, sin = torch.empty(u.size), torch.empty(u.size)
+    probe[(1,)](torch.from_numpy(u), cos, sin, BLOCK=u.size)
+    angle = 2 * math.pi * u.astype(np.float64)
+    np.testing.assert_allclose(cos.double().numpy(), np.cos(angle), rtol=0, atol=5e-7)
+    np.testing.assert_allclose(sin.double().numpy(), np.sin(angle), rtol=0, atol=5e-7)
+
+
 def test_rows_with_their_own_seed_do_not_depend_on_the_others(interpreted: Any) -> None:
     a = kernel_noise(interpreted, (2, 300), [11, 12])
     b = kernel_noise(interpreted, (2, 300), [11, 99])
