@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +27,26 @@ def make_tiny_unet() -> Any:
         up_block_types=("UpBlock2D", "UpBlock2D"),
     )
     return model.eval()
+
+
+@contextlib.contextmanager
+def diffusers_log_messages(logger_name: str) -> Iterator[list[str]]:
+    """The messages diffusers' logger ``logger_name`` (and its children) logs at WARNING or above in the block."""
+    from diffusers.utils import logging as diffusers_logging
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = diffusers_logging.get_logger(logger_name)
+    handler = Collect(level=logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 # ----------------------------------------------------------------------------- fault tests and skip reasons

@@ -7,17 +7,16 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import json
-import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import diffusers
 import pytest
-from diffusers.utils import logging as diffusers_logging
 
 import ddim
 import ddim.diffusers
+from conftest import diffusers_log_messages
 from ddim.config import DIFFUSERS_COMPAT_VERSION
 
 OURS = [
@@ -39,19 +38,8 @@ def label(cls: type) -> str:
 @pytest.fixture
 def logged() -> Iterator[list[str]]:
     """Every message diffusers logs (any of its loggers, WARNING and above) while the test runs."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    logger = diffusers_logging.get_logger("diffusers")
-    handler = Collect(level=logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with diffusers_log_messages("diffusers") as records:
         yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{label(a)}->{label(b)}" for a, b in PAIRS])

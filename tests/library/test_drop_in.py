@@ -4,7 +4,6 @@ the inverse's constructor, configs that survive save/load in both directions, an
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 import warnings
 from collections.abc import Iterator
@@ -16,10 +15,10 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput as TheirOutput
-from diffusers.utils import logging as diffusers_logging
 
 import ddim
 import ddim.diffusers
+from conftest import diffusers_log_messages
 from ddim.output import DDIMSchedulerOutput
 
 #: Each family: the stand-alone class, the diffusers subclass and diffusers' own class.
@@ -47,19 +46,8 @@ def without_defaults_list(config: Any) -> dict[str, Any]:
 @pytest.fixture
 def diffusers_warnings() -> Iterator[list[str]]:
     """The messages diffusers' config loader logs at WARNING level while the test runs."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    logger = diffusers_logging.get_logger("diffusers.configuration_utils")
-    handler = Collect(level=logging.WARNING)
-    logger.addHandler(handler)
-    try:
+    with diffusers_log_messages("diffusers.configuration_utils") as records:
         yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 # ----------------------------------------------------------------------------- step outputs
