@@ -17,6 +17,7 @@ larger size raises), as for any tensor made by ``torch.from_numpy``.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import threading
@@ -100,10 +101,7 @@ def new_mapping(nbytes: int) -> mmap.mmap:
 def empty_cpu(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialized CPU tensor, like ``torch.empty(shape, dtype=dtype)``; from :data:`MIN_BYTES` on its
     memory is a reused (or new, huge-page-advised) mapping that goes back to the free list when freed."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    nbytes = numel * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or not MAPPINGS:
         return torch.empty(shape, dtype=dtype)
     buffer = FREE.take(nbytes)

@@ -72,10 +72,9 @@ def update_in_chunks(
         chunk = chunk_elements(torch.get_num_threads(), work)
     elif isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ArgumentValueError(f"chunk must be a positive number of elements, got {chunk!r}")
-    zs = z.split(chunk) if z is not None else None
-    parts = zip(x.split(chunk), m.split(chunk), prev_out.split(chunk), x0_out.split(chunk), strict=True)
-    for i, (xi, mi, prev, x0) in enumerate(parts):
-        zi = zs[i] if zs is not None else None
+    xs = x.split(chunk)
+    zs = z.split(chunk) if z is not None else (None,) * len(xs)
+    for xi, mi, zi, prev, x0 in zip(xs, m.split(chunk), zs, prev_out.split(chunk), x0_out.split(chunk), strict=True):
         if xi.dtype == mi.dtype == work:
             chunk_pass(xi, mi, zi, c, terms, transform, x0, prev, factors)
             continue
